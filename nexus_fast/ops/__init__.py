@@ -1,0 +1,10 @@
+"""The fused operators of nexus_fast: thin public wrappers that choose a backend per call.
+
+Every operator has a plain-PyTorch reference (nexus_fast.ops.reference) and, where it pays,
+compiled kernels (C++ CPU, CUDA C++, Triton). `nexus-fast info` shows which backends run here.
+"""
+
+from ._dispatch import BACKEND_ENV, OPERATORS, Backend, BackendError, Operator
+from .ema import ema_update_
+
+__all__ = ["BACKEND_ENV", "OPERATORS", "Backend", "BackendError", "Operator", "ema_update_"]
