@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command (CI runs it through .ci/run): formatting and lint, the sm_90a compile check of
+# The test command (CI runs it through .ci/run): formatting and lint (Python and C++), the sm_90a compile check of
 # the CUDA sources and the C++ unit tests of the CPU kernels (CMake), then the pytest suite.
 # Run scripts/setup.sh first. Extra arguments go to pytest (e.g. -m "not slow" while iterating).
 set -euo pipefail
@@ -7,9 +7,11 @@ cd "$(dirname "$0")/.."
 # shellcheck disable=SC1091
 . .venv/bin/activate
 
-echo "== ruff"
+echo "== ruff, clang-format"
 ruff format --check .
 ruff check .
+git ls-files --cached --others --exclude-standard '*.cpp' '*.cu' '*.h' '*.cuh' \
+  | xargs --no-run-if-empty clang-format --dry-run --Werror
 
 echo "== cmake: CUDA sources for sm_90a (object files) and C++ unit tests of the CPU kernels"
 cuda_check=ON

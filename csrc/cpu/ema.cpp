@@ -6,16 +6,14 @@
 // every core busy and a few huge tensors are split across cores.
 // Limits: teacher float32; student float32, bfloat16 or float16 (one dtype per call); teacher and
 // student dense with equal strides; momentum a 0-dim CPU tensor in [0, 1] (checked in Python).
+#include "nexus_fast/ema.h"
+
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
-
-#include "nexus_fast/checks.h"
 
 namespace nexus_fast {
 namespace {
@@ -34,8 +32,9 @@ constexpr int64_t kGrain = 1 << 16;
 // The update in torch.lerp's form, which is exact at both ends: weight 0 keeps the teacher and
 // weight 1 copies the student. The branch is hoisted out of the loop by the caller.
 template <bool kSmallWeight, typename student_t>
-NEXUS_FAST_CPU_CLONES void lerp_span(float* __restrict__ teacher, const student_t* __restrict__ student, int64_t n,
-               float weight) {
+NEXUS_FAST_CPU_CLONES void lerp_span(float* __restrict__ teacher,
+                                     const student_t* __restrict__ student, int64_t n,
+                                     float weight) {
   for (int64_t j = 0; j < n; ++j) {
     const float t = teacher[j];
     const float s = static_cast<float>(student[j]);
@@ -74,34 +73,13 @@ void ema_group(at::TensorList teacher, at::TensorList student, float weight) {
 }
 
 void ema_update_cpu(at::TensorList teacher, at::TensorList student, const at::Tensor& momentum) {
-  check_paired_lists(teacher, student, "teacher", "student");
-  check_scalar_tensor(momentum, "momentum");
-  if (teacher.empty()) {
+  if (!check_ema_group(teacher, student, momentum)) {
     return;
   }
-  check_uniform_dtype(teacher, "teacher");
-  check_uniform_dtype(student, "student");
-  check_same_dense_layout(teacher, student, "teacher", "student");
-  TORCH_CHECK(
-      teacher[0].scalar_type() == at::kFloat,
-      "the fused EMA keeps the teacher in float32, got ", teacher[0].scalar_type());
   TORCH_CHECK(teacher[0].device().is_cpu(), "ema_update_ (CPU kernel) got ", teacher[0].device());
   const float weight = static_cast<float>(1.0 - momentum.item<double>());
-  switch (student[0].scalar_type()) {
-    case at::kFloat:
-      ema_group<float>(teacher, student, weight);
-      break;
-    case at::kBFloat16:
-      ema_group<c10::BFloat16>(teacher, student, weight);
-      break;
-    case at::kHalf:
-      ema_group<c10::Half>(teacher, student, weight);
-      break;
-    default:
-      TORCH_CHECK(
-          false, "student dtype ", student[0].scalar_type(),
-          " is not supported; allowed: float32, bfloat16, float16");
-  }
+  dispatch_student_dtype(student[0].scalar_type(),
+                         [&](auto tag) { ema_group<decltype(tag)>(teacher, student, weight); });
 }
 
 }  // namespace

@@ -12,13 +12,11 @@
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 #include <torch/library.h>
 
 #include <cstdint>
 
-#include "nexus_fast/checks.h"
+#include "nexus_fast/ema.h"
 
 namespace nexus_fast {
 namespace {
@@ -47,12 +45,16 @@ __device__ __forceinline__ float lerp(float t, float s, float weight) {
 }
 
 template <typename student_t>
-__global__ void __launch_bounds__(kThreads) ema_kernel(
-    Table table, const float* __restrict__ momentum_ptr, float momentum_value) {
+__global__ void __launch_bounds__(kThreads)
+    ema_kernel(Table table, const float* __restrict__ momentum_ptr, float momentum_value) {
   // 16 bytes of student per vector step: 4 (float32) or 8 (16-bit) elements.
   constexpr int kVec = 16 / sizeof(student_t);
-  struct alignas(16) StudentPack { student_t v[kVec]; };
-  struct alignas(16) TeacherPack { float v[kVec]; };
+  struct alignas(16) StudentPack {
+    student_t v[kVec];
+  };
+  struct alignas(16) TeacherPack {
+    float v[kVec];
+  };
 
   const int64_t tensor = table.block_tensor[blockIdx.x];
   const int64_t start = table.block_start[blockIdx.x];
@@ -96,8 +98,8 @@ void launch(at::TensorList teacher, at::TensorList student, const at::Tensor& mo
     return;
   }
   TORCH_CHECK(blocks < (int64_t(1) << 31), "too many chunks for one launch: ", blocks);
-  at::Tensor host = at::empty(
-      {3 * count + 2 * blocks}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+  at::Tensor host =
+      at::empty({3 * count + 2 * blocks}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
   int64_t* h = host.data_ptr<int64_t>();
   int64_t block = 0;
   for (int64_t i = 0; i < count; ++i) {
@@ -119,54 +121,26 @@ void launch(at::TensorList teacher, at::TensorList student, const at::Tensor& mo
   const float* momentum_ptr = nullptr;
   float momentum_value = 0.0f;
   if (momentum.is_cuda()) {
-    TORCH_CHECK(
-        momentum.device() == teacher[0].device() && momentum.scalar_type() == at::kFloat,
-        "a CUDA momentum must be float32 on ", teacher[0].device(), ", got ",
-        momentum.scalar_type(), " on ", momentum.device());
+    TORCH_CHECK(momentum.device() == teacher[0].device() && momentum.scalar_type() == at::kFloat,
+                "a CUDA momentum must be float32 on ", teacher[0].device(), ", got ",
+                momentum.scalar_type(), " on ", momentum.device());
     momentum_ptr = momentum.const_data_ptr<float>();
   } else {
     momentum_value = static_cast<float>(momentum.item<double>());
   }
-  ema_kernel<student_t><<<static_cast<unsigned>(blocks), kThreads, 0,
-                          c10::cuda::getCurrentCUDAStream()>>>(table, momentum_ptr,
-                                                                momentum_value);
+  ema_kernel<student_t>
+      <<<static_cast<unsigned>(blocks), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          table, momentum_ptr, momentum_value);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 void ema_update_cuda(at::TensorList teacher, at::TensorList student, const at::Tensor& momentum) {
-  check_paired_lists(teacher, student, "teacher", "student");
-  check_scalar_tensor(momentum, "momentum");
-  if (teacher.empty()) {
+  if (!check_ema_group(teacher, student, momentum)) {
     return;
   }
-  check_uniform_dtype(teacher, "teacher");
-  check_uniform_dtype(student, "student");
-  check_same_dense_layout(teacher, student, "teacher", "student");
-  TORCH_CHECK(
-      teacher[0].scalar_type() == at::kFloat,
-      "the fused EMA keeps the teacher in float32, got ", teacher[0].scalar_type());
-  for (size_t i = 0; i < teacher.size(); ++i) {
-    TORCH_CHECK(
-        teacher[i].device() == teacher[0].device(),
-        "teacher[", i, "] is on ", teacher[i].device(), " but teacher[0] is on ",
-        teacher[0].device(), "; one launch covers one device");
-  }
   const c10::cuda::CUDAGuard guard(teacher[0].device());
-  switch (student[0].scalar_type()) {
-    case at::kFloat:
-      launch<float>(teacher, student, momentum);
-      break;
-    case at::kBFloat16:
-      launch<c10::BFloat16>(teacher, student, momentum);
-      break;
-    case at::kHalf:
-      launch<c10::Half>(teacher, student, momentum);
-      break;
-    default:
-      TORCH_CHECK(
-          false, "student dtype ", student[0].scalar_type(),
-          " is not supported; allowed: float32, bfloat16, float16");
-  }
+  dispatch_student_dtype(student[0].scalar_type(),
+                         [&](auto tag) { launch<decltype(tag)>(teacher, student, momentum); });
 }
 
 }  // namespace
