@@ -210,7 +210,9 @@ def environment() -> dict[str, str]:
     return env
 
 
-def _markdown(benchmark: str, env: dict[str, str], rows: list[Measurement], baseline: str) -> str:
+def _markdown(
+    benchmark: str, env: dict[str, str], rows: list[Measurement], baseline: tuple[str, ...]
+) -> str:
     header = ", ".join(f"{k} {v}" for k, v in env.items())
     rate_names = sorted({name for r in rows for name in r.rates})
     lines = [
@@ -220,10 +222,10 @@ def _markdown(benchmark: str, env: dict[str, str], rows: list[Measurement], base
         "",
         "| shape | mode | provider | median ms | p20 ms | p80 ms | peak extra MB | "
         + "".join(f"{n} | " for n in rate_names)
-        + f"speed vs {baseline} |",
+        + f"speed vs {' / '.join(baseline)} |",
         "|" + "---|" * (8 + len(rate_names)),
     ]
-    base = {(r.shape, r.mode): r.median_ms for r in rows if r.provider == baseline}
+    base = {(r.shape, r.mode): r.median_ms for r in rows if r.provider in baseline}
     for r in rows:
         ratio = base.get((r.shape, r.mode))
         speedup = f"{ratio / r.median_ms:.2f}x" if ratio else "-"
@@ -264,11 +266,16 @@ def _plot(benchmark: str, rows: list[Measurement], path: Path, log_scale: bool) 
 def write_results(
     benchmark: str,
     rows: list[Measurement],
-    baseline: str,
+    baseline: str | tuple[str, ...],
     out_dir: Path | None = None,
     log_scale: bool = True,
 ) -> Path:
-    """Writes <benchmark>_<machine>_<date>.{json,md,png}; returns the Markdown path."""
+    """Writes <benchmark>_<machine>_<date>.{json,md,png}; returns the Markdown path.
+
+    baseline: the provider (or, for a benchmark of several ops, one provider per op) that the
+    "speed vs" column divides by, shape by shape.
+    """
+    baseline = (baseline,) if isinstance(baseline, str) else tuple(baseline)
     env = environment()
     out = Path(out_dir) if out_dir is not None else RESULTS_DIR
     out.mkdir(parents=True, exist_ok=True)
@@ -286,7 +293,7 @@ def write_results(
 def run_cases(
     benchmark: str,
     cases: list[Case],
-    baseline: str,
+    baseline: str | tuple[str, ...],
     out_dir: Path | None = None,
     quick: bool = False,
 ) -> list[Measurement]:

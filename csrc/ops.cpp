@@ -9,4 +9,22 @@ TORCH_LIBRARY(nexus_fast, m) {
   // teacher[i] = momentum * teacher[i] + (1 - momentum) * student[i], in place, for one group of
   // tensors sharing (device, teacher dtype, student dtype). momentum: 0-dim tensor.
   m.def("ema_update_(Tensor(a!)[] teacher, Tensor[] student, Tensor momentum) -> ()");
+
+  // Patchify x (B, C, H, W) or (B, C, T, H, W) and keep the patches ids (B, K) in one pass:
+  // (B, K, tubelet * p * p * C), each patch in MAE's (t, p, q, C) order.
+  m.def("gather_patches(Tensor x, int patch_size, int tubelet, Tensor ids) -> Tensor");
+  // Gradient of gather_patches w.r.t. x (contiguous, shape input_size); repeated ids accumulate.
+  m.def(
+      "gather_patches_backward(Tensor grad, Tensor ids, int patch_size, int tubelet, "
+      "SymInt[] input_size) -> Tensor");
+  // tokens (B or 1, N, D), ids (B, M) in [0, N) -> tokens[b, ids[b, m]] (B, M, D).
+  m.def("gather_tokens(Tensor tokens, Tensor ids) -> Tensor");
+  // MAE's unshuffle: tokens (B, K, D), ids_restore (B, L) -> (B, L, D) where ids < K take
+  // tokens[b, ids] and ids in [K, L) take mask_token (D).
+  m.def("scatter_tokens(Tensor tokens, Tensor ids_restore, Tensor mask_token) -> Tensor");
+  // Backward of both: rows of grad (B, M, D) added into (B, num_rows, D) at ids, or summed into
+  // (1, num_rows, D) when sum_batch; rows with ids >= num_rows summed into the second output (D).
+  m.def(
+      "scatter_add_tokens(Tensor grad, Tensor ids, int num_rows, bool sum_batch) -> "
+      "(Tensor, Tensor)");
 }

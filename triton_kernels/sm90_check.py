@@ -16,12 +16,13 @@ import tempfile
 from dataclasses import asdict, dataclass
 
 # Kernel modules whose COMPILE_SPECS are checked; a new kernel module adds itself here.
-KERNEL_MODULES = ("ema",)
+KERNEL_MODULES = ("ema", "patches", "tokens")
 HOPPER = ("cuda", 90, 32)
 
 
 @dataclass(frozen=True)
 class Resources:
+    module: str
     label: str
     registers: int
     shared_bytes: int
@@ -39,7 +40,7 @@ def _cuobjdump() -> str:
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 
-def _resources(label: str, cubin: bytes) -> Resources:
+def _resources(module: str, label: str, cubin: bytes) -> Resources:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
         handle.write(cubin)
         handle.flush()
@@ -51,6 +52,7 @@ def _resources(label: str, cubin: bytes) -> Resources:
         ).stdout
     fields = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", report))
     return Resources(
+        module,
         label,
         registers=int(fields["REG"]),
         shared_bytes=int(fields["SHARED"]),
@@ -77,7 +79,7 @@ def check_all() -> list[Resources]:
                 target=GPUTarget(*HOPPER),
                 options={"num_warps": spec.num_warps, "num_stages": spec.num_stages},
             )
-            results.append(_resources(spec.label, compiled.asm["cubin"]))
+            results.append(_resources(module_name, spec.label, compiled.asm["cubin"]))
     return results
 
 

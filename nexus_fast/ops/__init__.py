@@ -6,5 +6,19 @@ compiled kernels (C++ CPU, CUDA C++, Triton). `nexus-fast info` shows which back
 
 from ._dispatch import BACKEND_ENV, OPERATORS, Backend, BackendError, Operator
 from .ema import ema_update_
+from .patches import gather_patches, patchify, unpatchify
+from .tokens import gather_tokens, scatter_tokens
 
-__all__ = ["BACKEND_ENV", "OPERATORS", "Backend", "BackendError", "Operator", "ema_update_"]
+__all__ = [
+    "BACKEND_ENV",
+    "OPERATORS",
+    "Backend",
+    "BackendError",
+    "Operator",
+    "ema_update_",
+    "gather_patches",
+    "gather_tokens",
+    "patchify",
+    "scatter_tokens",
+    "unpatchify",
+]

@@ -15,7 +15,14 @@ import torch
 from torch import Tensor, nn
 
 from .. import _extension
-from .. import triton_kernels as triton_support
+from ._common import (
+    cpu_kernel_reason,
+    device_reasons,
+    triton_cpu_path,
+    triton_function,
+    triton_machine_reason,
+    triton_reasons,
+)
 from ._dispatch import Backend, Operator, register
 from .reference import ema as reference
 
@@ -34,9 +41,7 @@ def _is_dense(tensor: Tensor) -> bool:
 
 def _fused_reasons(teacher: list[Tensor], student: list[Tensor], device_type: str) -> list[str]:
     """Why a fused kernel (cuda, triton, cpu) cannot update this group; empty if it can."""
-    reasons = []
-    if teacher[0].device.type != device_type:
-        reasons.append(f"tensors are on {teacher[0].device}, this kernel needs {device_type}")
+    reasons = device_reasons(teacher[0], device_type)
     if teacher[0].dtype != torch.float32:
         reasons.append(f"teacher dtype {teacher[0].dtype} is not float32 (keep the teacher fp32)")
     if student[0].dtype not in FUSED_STUDENT_DTYPES:
@@ -72,26 +77,18 @@ def _foreach_reasons(teacher: list[Tensor], student: list[Tensor], momentum: Ten
 # reference; DESIGN.md ("The operator contract") explains why this form and not triton_op.
 @torch.library.custom_op("nexus_fast::ema_update_triton_", mutates_args=("teacher",))
 def _ema_update_triton_op(teacher: list[Tensor], student: list[Tensor], momentum: Tensor) -> None:
-    if triton_support.INTERPRET:
-        _triton_launcher()(teacher, student, momentum)
-    else:
-        reference.ema_update_(teacher, student, momentum)
+    launcher = triton_function("ema", "ema_update_")
+    triton_cpu_path(launcher, reference.ema_update_)(teacher, student, momentum)
 
 
 @_ema_update_triton_op.register_kernel("cuda")
 def _(teacher: list[Tensor], student: list[Tensor], momentum: Tensor) -> None:
-    _triton_launcher()(teacher, student, momentum)
+    triton_function("ema", "ema_update_")(teacher, student, momentum)
 
 
 @_ema_update_triton_op.register_fake
 def _(teacher: list[Tensor], student: list[Tensor], momentum: Tensor) -> None:
     return None
-
-
-def _triton_launcher():
-    from ..triton_kernels import ema as triton_ema  # imports triton: only when it is used
-
-    return triton_ema.ema_update_
 
 
 def _run_compiled(teacher: list[Tensor], student: list[Tensor], momentum: float | Tensor) -> None:
@@ -129,17 +126,13 @@ EMA = register(
             Backend(
                 "triton",
                 _run_triton,
-                triton_support.machine_reason,
-                lambda t, s, m: (
-                    [r]
-                    if (r := triton_support.unavailable_reason(t[0].device.type)) is not None
-                    else _fused_reasons(t, s, t[0].device.type)
-                ),
+                triton_machine_reason,
+                lambda t, s, m: triton_reasons(t[0]) or _fused_reasons(t, s, t[0].device.type),
             ),
             Backend(
                 "cpu",
                 _run_compiled,
-                lambda: _extension.missing_kernel_reason("ema_update_", "CPU"),
+                cpu_kernel_reason("ema_update_"),
                 lambda t, s, m: _fused_reasons(t, s, "cpu"),
             ),
             Backend("foreach", _run_foreach, input_reasons=_foreach_reasons),

@@ -50,4 +50,18 @@ inline void check_scalar_tensor(const at::Tensor& value, const char* name) {
               value.scalar_type());
 }
 
+// Every index of a CPU int64 tensor lies in [0, limit); the first one that does not is reported
+// with its position as an IndexError, before any kernel reads or writes through it.
+inline void check_indices(const at::Tensor& ids, int64_t limit, const char* name,
+                          const char* what) {
+  TORCH_CHECK(ids.scalar_type() == at::kLong, name, " must be int64, got ", ids.scalar_type());
+  const at::Tensor flat = ids.contiguous();
+  const int64_t* data = flat.const_data_ptr<int64_t>();
+  const int64_t columns = ids.dim() > 0 ? ids.size(-1) : 1;
+  for (int64_t i = 0; i < flat.numel(); ++i) {
+    TORCH_CHECK_INDEX(data[i] >= 0 && data[i] < limit, name, "[", i / columns, ", ", i % columns,
+                      "] = ", data[i], " is out of range for ", limit, " ", what);
+  }
+}
+
 }  // namespace nexus_fast
