@@ -14,9 +14,7 @@ def grid_shape(size: tuple[int, ...], patch_size: int, tubelet: int = 1) -> tupl
     """The patch grid of an image (H, W) -> (h, w) or a clip (T, H, W) -> (T / t, h, w)."""
     *time, height, width = size
     if height % patch_size or width % patch_size:
-        raise ValueError(
-            f"image size {height}x{width} is not divisible by patch_size {patch_size}"
-        )
+        raise ValueError(f"image size {height}x{width} is not divisible by patch_size {patch_size}")
     grid = (height // patch_size, width // patch_size)
     if not time:
         return grid
@@ -58,7 +56,7 @@ def unpatchify(
     batch, length, width_p = patches.shape
     p = patch_size
     if size is None:
-        side = int(round(length**0.5))
+        side = round(length**0.5)
         if side * side != length:
             raise ValueError(f"{length} patches do not form a square grid: pass size=(H, W)")
         size = (side * p, side * p)
