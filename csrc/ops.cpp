@@ -9,4 +9,16 @@ TORCH_LIBRARY(nexus_fast, m) {
   // teacher[i] = momentum * teacher[i] + (1 - momentum) * student[i], in place, for one group of
   // tensors sharing (device, teacher dtype, student dtype). momentum: 0-dim tensor.
   m.def("ema_update_(Tensor(a!)[] teacher, Tensor[] student, Tensor momentum) -> ()");
+  // MAE's forward_loss with the target patchified inside the kernel: each masked patch of
+  // `images` in (t, p, q, C) order, standardised when norm_pix, against pred (B, L, t*p*p*C);
+  // squared error averaged per patch, then over masked patches: sum(e * mask) / sum(mask).
+  // Returns a 0-dim float32 tensor (float64 for a float64 pred).
+  m.def(
+      "masked_patch_loss(Tensor pred, Tensor images, Tensor mask, int patch_size, int tubelet, "
+      "bool norm_pix, float eps) -> Tensor");
+  // d loss / d pred for the upstream gradient `grad` (0-dim). The normalised target is recomputed
+  // from `images` rather than saved, so the forward keeps no (B, L, P) tensor alive.
+  m.def(
+      "masked_patch_loss_backward(Tensor grad, Tensor pred, Tensor images, Tensor mask, "
+      "int patch_size, int tubelet, bool norm_pix, float eps) -> Tensor");
 }
