@@ -6,5 +6,14 @@ compiled kernels (C++ CPU, CUDA C++, Triton). `nexus-fast info` shows which back
 
 from ._dispatch import BACKEND_ENV, OPERATORS, Backend, BackendError, Operator
 from .ema import ema_update_
+from .masked_patch_loss import masked_patch_loss
 
-__all__ = ["BACKEND_ENV", "OPERATORS", "Backend", "BackendError", "Operator", "ema_update_"]
+__all__ = [
+    "BACKEND_ENV",
+    "OPERATORS",
+    "Backend",
+    "BackendError",
+    "Operator",
+    "ema_update_",
+    "masked_patch_loss",
+]
