@@ -56,7 +56,7 @@ def _patch_tiles(
     BLOCK_C: tl.constexpr,  # next_pow2(CHANNELS)
 ):
     """pred[b, l] and its target as (BLOCK_S, BLOCK_C) float32 tiles, and the valid-element mask."""
-    VOLUME: tl.constexpr = TUBELET * PATCH * PATCH * CHANNELS
+    volume = TUBELET * PATCH * PATCH * CHANNELS  # P, a compile-time constant
     b = program // patches
     l = program % patches
     frame = l // cells
@@ -81,10 +81,10 @@ def _patch_tiles(
     pred_offsets = b * pred_stride_b + l * pred_stride_l + element * pred_stride_p
     prediction = tl.load(pred_ptr + pred_offsets, mask=valid, other=0.0).to(tl.float32)
     if NORM_PIX:
-        mean = tl.sum(tl.sum(target, axis=1), axis=0) / VOLUME
+        mean = tl.sum(tl.sum(target, axis=1), axis=0) / volume
         deviation = tl.where(valid, target - mean, 0.0)
         # Unbiased, as torch.var and the official code.
-        var = tl.sum(tl.sum(deviation * deviation, axis=1), axis=0) / (VOLUME - 1)
+        var = tl.sum(tl.sum(deviation * deviation, axis=1), axis=0) / (volume - 1)
         target = deviation / tl.sqrt(var + eps)
     return prediction, target, valid
 
@@ -114,7 +114,7 @@ def masked_patch_loss_forward_kernel(
     BLOCK_S: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    VOLUME: tl.constexpr = TUBELET * PATCH * PATCH * CHANNELS
+    volume = TUBELET * PATCH * PATCH * CHANNELS  # P, a compile-time constant
     program = tl.program_id(0).to(tl.int64)
     weight = tl.load(weights_ptr + program)
     if weight != 0.0:
@@ -143,7 +143,7 @@ def masked_patch_loss_forward_kernel(
         )
         error = tl.where(valid, prediction - target, 0.0)
         squares = tl.sum(tl.sum(error * error, axis=1), axis=0)
-        tl.store(partial_ptr + program, weight * (squares / VOLUME))
+        tl.store(partial_ptr + program, weight * (squares / volume))
     else:
         # Unmasked: its image and pred are never read.
         tl.store(partial_ptr + program, 0.0)
@@ -196,13 +196,13 @@ def masked_patch_loss_backward_kernel(
     BLOCK_S: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    VOLUME: tl.constexpr = TUBELET * PATCH * PATCH * CHANNELS
+    volume = TUBELET * PATCH * PATCH * CHANNELS  # P, a compile-time constant
     program = tl.program_id(0).to(tl.int64)
     weight = tl.load(weights_ptr + program)
     position = tl.arange(0, BLOCK_S)
     channel = tl.arange(0, BLOCK_C)
     valid = (position < TUBELET * PATCH * PATCH)[:, None] & (channel < CHANNELS)[None, :]
-    out_offsets = program * VOLUME + position[:, None] * CHANNELS + channel[None, :]
+    out_offsets = program * volume + position[:, None] * CHANNELS + channel[None, :]
     out_dtype = grad_pred_ptr.dtype.element_ty
     if weight != 0.0:
         prediction, target, _ = _patch_tiles(
@@ -228,7 +228,7 @@ def masked_patch_loss_backward_kernel(
             BLOCK_S,
             BLOCK_C,
         )
-        scale = 2.0 * tl.load(grad_ptr) * weight / (VOLUME * tl.load(total_ptr))
+        scale = 2.0 * tl.load(grad_ptr) * weight / (volume * tl.load(total_ptr))
         tl.store(grad_pred_ptr + out_offsets, (scale * (prediction - target)).to(out_dtype), valid)
     else:
         zeros = tl.zeros((BLOCK_S, BLOCK_C), out_dtype)
