@@ -313,6 +313,17 @@ def test_images_requiring_grad_take_the_reference() -> None:
         assert loss_module.MASKED_PATCH_LOSS.select(*arguments).name != "reference"
 
 
+def test_a_float_mask_requiring_grad_takes_the_reference() -> None:
+    pred, images, mask = _problem(2, 3, (6, 9))
+    weights = mask.float().requires_grad_()
+    arguments = (pred, images, weights, 3, 1, True, 1e-6)
+    assert loss_module.MASKED_PATCH_LOSS.select(*arguments).name == "reference"
+    masked_patch_loss(pred, images, weights, 3).backward()
+    exact_weights = weights.detach().double().requires_grad_()
+    reference.masked_patch_loss(pred.double(), images.double(), exact_weights, 3).backward()
+    assert_close(weights.grad, exact_weights.grad.float())
+
+
 def test_dispatch_reasons_name_the_obstacle() -> None:
     pred, images, mask = _problem(1, 3, (6, 6), pred_dtype=torch.float64)
     arguments = (pred, images, mask, 3, 1, True, 1e-6)
