@@ -14,7 +14,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # name -> module of benchmarks/ with a main(argv) that accepts --quick, --device and --out.
-BENCHMARKS = {"ema": "bench_ema"}
+BENCHMARKS = {
+    "ema": "bench_ema",
+    "patches": "bench_patches",
+    "masked_patch_loss": "bench_masked_patch_loss",
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,4 +27,17 @@ TORCH_LIBRARY(nexus_fast, m) {
   m.def(
       "scatter_add_tokens(Tensor grad, Tensor ids, int num_rows, bool sum_batch) -> "
       "(Tensor, Tensor)");
+
+  // MAE's forward_loss with the target patchified inside the kernel: each masked patch of
+  // `images` in (t, p, q, C) order, standardised when norm_pix, against pred (B, L, t*p*p*C);
+  // squared error averaged per patch, then over masked patches: sum(e * mask) / sum(mask).
+  // Returns a 0-dim float32 tensor (float64 for a float64 pred).
+  m.def(
+      "masked_patch_loss(Tensor pred, Tensor images, Tensor mask, int patch_size, int tubelet, "
+      "bool norm_pix, float eps) -> Tensor");
+  // d loss / d pred for the upstream gradient `grad` (0-dim). The normalised target is recomputed
+  // from `images` rather than saved, so the forward keeps no (B, L, P) tensor alive.
+  m.def(
+      "masked_patch_loss_backward(Tensor grad, Tensor pred, Tensor images, Tensor mask, "
+      "int patch_size, int tubelet, bool norm_pix, float eps) -> Tensor");
 }

@@ -55,6 +55,51 @@ def _scatter_add_tokens_samples() -> list[tuple]:
     ]
 
 
+def _masked_patch_loss_inputs() -> list[tuple]:
+    """(pred, images, mask, patch_size, tubelet, norm_pix, eps): tiny, so the interpreter is quick.
+
+    NCHW images with a bool mask; channels-last images, a bf16 pred and a float mask without
+    norm_pix; a video with tubelets of 2 frames and a sliced (non-contiguous) pred.
+    """
+    generator = torch.Generator().manual_seed(0)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator)
+
+    images = randn(2, 3, 4, 6)
+    channels_last = randn(2, 3, 4, 4).to(memory_format=torch.channels_last)
+    video = randn(1, 2, 4, 4, 4)
+    return [
+        (
+            randn(2, 6, 12),
+            images,
+            torch.tensor([[1, 0, 1, 1, 0, 1], [0, 0, 1, 1, 1, 0]]).bool(),
+            2,
+            1,
+            True,
+            1e-6,
+        ),
+        (
+            randn(2, 4, 12).bfloat16(),
+            channels_last,
+            torch.rand(2, 4, generator=generator),
+            2,
+            1,
+            False,
+            1e-6,
+        ),
+        (randn(1, 8, 20)[:, :, 2:18], video, torch.ones(1, 8), 2, 2, True, 1e-6),
+    ]
+
+
+def _masked_patch_loss_samples() -> list[tuple]:
+    return [(pred.requires_grad_(), *rest) for pred, *rest in _masked_patch_loss_inputs()]
+
+
+def _masked_patch_loss_backward_samples() -> list[tuple]:
+    return [(torch.tensor(1.5), *args) for args in _masked_patch_loss_inputs()]
+
+
 # op name (without the namespace) -> a function returning a list of argument tuples.
 SAMPLES: dict[str, Callable[[], list[tuple]]] = {
     "ema_update_": _ema_samples,
@@ -69,4 +114,8 @@ SAMPLES: dict[str, Callable[[], list[tuple]]] = {
     "scatter_tokens_triton": _scatter_tokens_samples,
     "scatter_add_tokens": _scatter_add_tokens_samples,
     "scatter_add_tokens_triton": _scatter_add_tokens_samples,
+    "masked_patch_loss": _masked_patch_loss_samples,
+    "masked_patch_loss_backward": _masked_patch_loss_backward_samples,
+    "masked_patch_loss_triton": _masked_patch_loss_samples,
+    "masked_patch_loss_backward_triton": _masked_patch_loss_backward_samples,
 }

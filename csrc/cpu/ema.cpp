@@ -15,19 +15,13 @@
 #include <algorithm>
 #include <vector>
 
+#include "nexus_fast/cpu_clones.h"
+
 namespace nexus_fast {
 namespace {
 
 // Elements per parallel_for grain: large enough to amortise the task, small enough to balance.
 constexpr int64_t kGrain = 1 << 16;
-
-// GCC/Clang build the hot loop for AVX-512, AVX2 and baseline x86-64 and pick one when the library
-// loads (the extension is compiled for baseline x86-64, which would otherwise cap it at SSE2).
-#if defined(__x86_64__) && defined(__GNUC__)
-#define NEXUS_FAST_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define NEXUS_FAST_CPU_CLONES
-#endif
 
 // The update in torch.lerp's form, which is exact at both ends: weight 0 keeps the teacher and
 // weight 1 copies the student. The branch is hoisted out of the loop by the caller.

@@ -8,6 +8,7 @@ from ._dispatch import BACKEND_ENV, OPERATORS, Backend, BackendError, Operator
 from .ema import ema_update_
 from .patches import gather_patches, patchify, unpatchify
 from .tokens import gather_tokens, scatter_tokens
+from .masked_patch_loss import masked_patch_loss
 
 __all__ = [
     "BACKEND_ENV",
@@ -18,6 +19,7 @@ __all__ = [
     "ema_update_",
     "gather_patches",
     "gather_tokens",
+    "masked_patch_loss",
     "patchify",
     "scatter_tokens",
     "unpatchify",
