@@ -18,6 +18,8 @@ BENCHMARKS = {
     "ema": "bench_ema",
     "patches": "bench_patches",
     "masked_patch_loss": "bench_masked_patch_loss",
+    "masking": "bench_masking",
+    "mae_sequence": "bench_mae_sequence",
 }
 
 
