@@ -7,14 +7,13 @@ torch._foreach_lerp_, and each nexus_fast backend usable here. Rate: GB/s agains
     python benchmarks/bench_ema.py [--quick] [--device cpu|cuda]
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Case, run_cases
+from harness import Case, benchmark_main, nexus_backends
 
 import nexus_fast as nf
 
@@ -63,14 +62,7 @@ def _with_fp32_student(update):
 def cases(device: str, quick: bool) -> list[Case]:
     result = []
     models = {"ViT-B/16": MODELS["ViT-B/16"]} if quick else MODELS
-    nexus_backends = [
-        b.name
-        for b in nf.ops.OPERATORS["ema_update_"].backends
-        if b.name in ("cpu", "cuda", "triton")
-        and b.machine_reason() is None
-        # The Triton interpreter is a correctness tool, not a provider to time.
-        and not (b.name == "triton" and device == "cpu")
-    ]
+    backends = nexus_backends("ema_update_", device, include=("cpu", "cuda", "triton"))
     for model, (dim, depth) in models.items():
         shapes = vit_parameter_shapes(dim, depth)
         for student_dtype in (torch.float32, torch.bfloat16):
@@ -97,7 +89,7 @@ def cases(device: str, quick: bool) -> list[Case]:
                         device,
                     )
                 )
-            for backend in nexus_backends:
+            for backend in backends:
                 result.append(
                     Case(
                         f"nexus:{backend}",
@@ -113,17 +105,7 @@ def cases(device: str, quick: bool) -> list[Case]:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
-    with torch.no_grad():
-        run_cases(
-            "ema", cases(args.device, args.quick), "torch._foreach_lerp_", args.out, args.quick
-        )
-    return 0
+main = benchmark_main("ema", cases, "torch._foreach_lerp_", __doc__)
 
 
 if __name__ == "__main__":

@@ -13,14 +13,13 @@ are the same in both, are left out.
     python benchmarks/bench_mae_sequence.py [--quick] [--device cpu|cuda]
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Case, run_cases
+from harness import Case, benchmark_main
 from peers import mae as official
 
 import nexus_fast as nf
@@ -62,7 +61,7 @@ def nexus_sequence(
 
 
 def cases(device: str, quick: bool) -> list[Case]:
-    batch = 32 if quick else (256 if device == "cuda" else 64)
+    batch = 32 if quick else 256
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     models = {"ViT-B/16": MODELS["ViT-B/16"]} if quick else MODELS
     result = []
@@ -85,14 +84,7 @@ def cases(device: str, quick: bool) -> list[Case]:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
-    run_cases("mae_sequence", cases(args.device, args.quick), "official", args.out, args.quick)
-    return 0
+main = benchmark_main("mae_sequence", cases, "official", __doc__)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ the floor of the fused kernels, which read the image and pred values of the mask
     python benchmarks/bench_masked_patch_loss.py [--quick] [--device cpu|cuda] [--out DIR]
 """
 
-import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Case, run_cases
+from harness import Case, benchmark_main, nexus_backends
 
 import nexus_fast as nf
 
@@ -108,13 +107,7 @@ def _modes(call: LossCall) -> dict:
 
 
 def cases(device: str, quick: bool) -> list[Case]:
-    nexus_backends = [
-        b.name
-        for b in nf.ops.OPERATORS["masked_patch_loss"].backends
-        if b.machine_reason() is None
-        # The Triton interpreter is a correctness tool, not a provider to time.
-        and not (b.name == "triton" and device == "cpu")
-    ]
+    backends = nexus_backends("masked_patch_loss", device, include=("cpu", "triton", "reference"))
     # (batch, pred dtype): ViT-B/16 at MAE's batch 256, and a smaller batch. bf16 pred on the GPU,
     # as in MAE's mixed-precision training; fp32 on the CPU.
     pred_dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -135,7 +128,7 @@ def cases(device: str, quick: bool) -> list[Case]:
             "full": forward_bytes + backward_bytes,
         }
         label = f"ViT-B/16 B={batch} {str(pred_dtype).removeprefix('torch.')}"
-        providers = {OFFICIAL: None, **{f"nexus:{b}": b for b in nexus_backends}}
+        providers = {OFFICIAL: None, **{f"nexus:{b}": b for b in backends}}
         for provider, backend in providers.items():
             pred = pred_values.to(pred_dtype).requires_grad_()
             loss_fn = official_forward_loss if backend is None else nexus_loss(backend)
@@ -145,14 +138,7 @@ def cases(device: str, quick: bool) -> list[Case]:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
-    run_cases("masked_patch_loss", cases(args.device, args.quick), OFFICIAL, args.out, args.quick)
-    return 0
+main = benchmark_main("masked_patch_loss", cases, OFFICIAL, __doc__)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ CPU generator (the same masks on every device), and on a GPU nexus_fast with a C
     python benchmarks/bench_masking.py [--quick] [--device cpu|cuda] [--out DIR]
 """
 
-import argparse
 import random
 import sys
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Case, run_cases
+from harness import Case, benchmark_main
 from peers import masks as official
 
 import nexus_fast.masking as masking
@@ -103,14 +102,7 @@ def cases(device: str) -> list[Case]:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
-    run_cases("masking", cases(args.device), BASELINE, args.out, args.quick)
-    return 0
+main = benchmark_main("masking", lambda device, quick: cases(device), BASELINE, __doc__)
 
 
 if __name__ == "__main__":

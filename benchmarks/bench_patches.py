@@ -8,27 +8,16 @@ memory and GB/s against the bytes each op must move at least.
     python benchmarks/bench_patches.py [--quick] [--device cpu|cuda]
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Case, run_cases
+from harness import Case, benchmark_main, nexus_backends
 
 import nexus_fast as nf
 from nexus_fast.ops.reference import patches as reference
-
-
-def _nexus_backends(op: str, device: str) -> list[str]:
-    usable = [
-        b.name
-        for b in nf.ops.OPERATORS[op].backends
-        if b.name != "reference" and b.machine_reason() is None
-    ]
-    # The Triton interpreter is a correctness tool, not a provider to time.
-    return [name for name in usable if not (name == "triton" and device == "cpu")]
 
 
 def _random_ids(batch: int, length: int, kept: int, device: str) -> tuple:
@@ -51,7 +40,7 @@ def gather_patches_cases(device: str, batch: int, dtype: torch.dtype) -> list[Ca
             device,
         )
     ]
-    for backend in _nexus_backends("gather_patches", device):
+    for backend in nexus_backends("gather_patches", device):
         result.append(
             Case(
                 f"nexus:{backend}",
@@ -80,7 +69,7 @@ def scatter_tokens_cases(device: str, batch: int, dtype: torch.dtype) -> list[Ca
         return torch.gather(full, 1, ids_restore.unsqueeze(-1).repeat(1, 1, dim))
 
     providers = {"official repeat+cat+gather": official_unshuffle}
-    for backend in _nexus_backends("scatter_tokens", device):
+    for backend in nexus_backends("scatter_tokens", device):
         providers[f"nexus:{backend}"] = lambda b=backend: nf.ops.scatter_tokens(
             tokens, ids_restore, mask_token, backend=b
         )
@@ -117,7 +106,7 @@ def gather_tokens_cases(device: str, batch: int, dtype: torch.dtype) -> list[Cas
             device,
         )
     ]
-    for backend in _nexus_backends("gather_tokens", device):
+    for backend in nexus_backends("gather_tokens", device):
         result.append(
             Case(
                 f"nexus:{backend}",
@@ -141,16 +130,9 @@ def cases(device: str, quick: bool) -> list[Case]:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
-    # Each shape's nexus providers are compared with the torch way of doing the same thing.
-    baselines = ("patchify+gather (torch)", "official repeat+cat+gather", "torch.gather")
-    run_cases("patches", cases(args.device, args.quick), baselines, args.out, args.quick)
-    return 0
+# Each shape's nexus providers are compared with the torch way of doing the same thing.
+BASELINES = ("patchify+gather (torch)", "official repeat+cat+gather", "torch.gather")
+main = benchmark_main("patches", cases, BASELINES, __doc__)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ CPU work with perf_counter. Peak memory: torch.cuda's peak statistics on the GPU
 profiler's allocation timeline ("Total Allocated" of its memory events), in a separate untimed run.
 """
 
+import argparse
 import datetime
 import json
 import os
@@ -315,3 +316,43 @@ def run_cases(
             rows.append(row)
     write_results(benchmark, rows, baseline, out_dir)
     return rows
+
+
+def nexus_backends(op: str, device: str, include: tuple[str, ...] | None = None) -> list[str]:
+    """The backends of a nexus_fast operator that can run on this machine, to time as providers.
+
+    Args:
+        op: the operator's name in nexus_fast.ops.OPERATORS.
+        device: "cpu" or "cuda". The Triton interpreter is a correctness tool, not a provider,
+            so triton is left out on the CPU.
+        include: only these backend names (default: every backend but the reference).
+    """
+    import nexus_fast as nf
+
+    names = []
+    for backend in nf.ops.OPERATORS[op].backends:
+        wanted = backend.name in include if include is not None else backend.name != "reference"
+        interpreted = backend.name == "triton" and device == "cpu"
+        if wanted and not interpreted and backend.machine_reason() is None:
+            names.append(backend.name)
+    return names
+
+
+def benchmark_main(
+    benchmark: str,
+    cases: Callable[[str, bool], list[Case]],
+    baseline: str | tuple[str, ...],
+    description: str,
+) -> Callable[[list[str] | None], int]:
+    """The `main(argv)` of a benchmark module: --quick, --device and --out, as run.py passes."""
+
+    def main(argv: list[str] | None = None) -> int:
+        parser = argparse.ArgumentParser(description=description.strip().splitlines()[0])
+        parser.add_argument("--quick", action="store_true", help="fewer shapes and repetitions")
+        parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+        parser.add_argument("--out", default=None, help="results folder (default: results/)")
+        args = parser.parse_args(argv)
+        run_cases(benchmark, cases(args.device, args.quick), baseline, args.out, args.quick)
+        return 0
+
+    return main

@@ -6,9 +6,9 @@ compiled kernels (C++ CPU, CUDA C++, Triton). `nexus-fast info` shows which back
 
 from ._dispatch import BACKEND_ENV, OPERATORS, Backend, BackendError, Operator
 from .ema import ema_update_
+from .masked_patch_loss import masked_patch_loss
 from .patches import gather_patches, patchify, unpatchify
 from .tokens import gather_tokens, scatter_tokens
-from .masked_patch_loss import masked_patch_loss
 
 __all__ = [
     "BACKEND_ENV",

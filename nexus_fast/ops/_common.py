@@ -68,3 +68,15 @@ def device_reasons(tensor: Tensor, device_type: str) -> list[str]:
     if tensor.device.type != device_type:
         return [f"tensors are on {tensor.device}, this kernel needs {device_type}"]
     return []
+
+
+def resolve_op(name_or_op: str | Callable) -> Callable:
+    """A registered op from its qualified name ("nexus_fast::gather_tokens"), or the op itself.
+
+    Registration helpers take either, so the C++ ops (known by name, defined in csrc/ops.cpp)
+    and the Triton custom ops (Python objects) share one code path.
+    """
+    if isinstance(name_or_op, str):
+        namespace, name = name_or_op.split("::")
+        return getattr(getattr(torch.ops, namespace), name)
+    return name_or_op

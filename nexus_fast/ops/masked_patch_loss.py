@@ -18,7 +18,15 @@ import torch
 from torch import Tensor
 
 from .. import _extension
-from .. import triton_kernels as triton_support
+from ._common import (
+    cpu_kernel_reason,
+    device_reasons,
+    resolve_op,
+    triton_cpu_path,
+    triton_function,
+    triton_machine_reason,
+    triton_reasons,
+)
 from ._dispatch import Backend, Operator, register
 from .reference import patches as reference
 
@@ -72,41 +80,9 @@ def _setup_context(ctx, inputs: tuple, output: Tensor) -> None:
     ctx.arguments = (patch_size, tubelet, norm_pix, eps)
 
 
-# The C++ op (csrc/ops.cpp): fake kernels and the gradient of pred. Images and mask are constants
-# of this op; the dispatcher does not choose it when they require grad.
-if _extension.is_built():
-
-    @torch.library.register_fake("nexus_fast::masked_patch_loss")
-    def _(pred, images, mask, patch_size, tubelet, norm_pix, eps):
-        return pred.new_empty((), dtype=_loss_dtype(pred))
-
-    @torch.library.register_fake("nexus_fast::masked_patch_loss_backward")
-    def _(grad, pred, images, mask, patch_size, tubelet, norm_pix, eps):
-        return pred.new_empty(pred.shape)
-
-    def _compiled_backward(ctx, grad: Tensor) -> tuple:
-        pred, images, mask = ctx.saved_tensors
-        grad_pred = None
-        if ctx.needs_input_grad[0]:
-            grad_pred = torch.ops.nexus_fast.masked_patch_loss_backward(
-                grad, pred, images, mask, *ctx.arguments
-            )
-        return grad_pred, None, None, None, None, None, None
-
-    torch.library.register_autograd(
-        "nexus_fast::masked_patch_loss", _compiled_backward, setup_context=_setup_context
-    )
-
-
 # The Triton kernels as torch.library ops, so torch.compile and opcheck see opaque ops. Their CPU
 # implementation is the interpreted kernel under TRITON_INTERPRET=1 (what CI tests), else the
 # reference; DESIGN.md ("The operator contract") explains why this form and not triton_op.
-def _triton_launchers():
-    from ..triton_kernels import masked_patch_loss as launchers  # imports triton: only when used
-
-    return launchers
-
-
 @torch.library.custom_op("nexus_fast::masked_patch_loss_triton", mutates_args=())
 def _masked_patch_loss_triton_op(
     pred: Tensor,
@@ -117,24 +93,17 @@ def _masked_patch_loss_triton_op(
     norm_pix: bool,
     eps: float,
 ) -> Tensor:
-    if triton_support.INTERPRET:
-        return _triton_launchers().masked_patch_loss(
-            pred, images, mask, patch_size, tubelet, norm_pix, eps
-        )
-    loss = _reference_loss(pred, images, mask, patch_size, tubelet, norm_pix, eps)
+    launcher = triton_function("masked_patch_loss", "masked_patch_loss")
+    loss = triton_cpu_path(launcher, _reference_loss)(
+        pred, images, mask, patch_size, tubelet, norm_pix, eps
+    )
     return loss.to(torch.float32)
 
 
 @_masked_patch_loss_triton_op.register_kernel("cuda")
 def _(pred, images, mask, patch_size, tubelet, norm_pix, eps):
-    return _triton_launchers().masked_patch_loss(
-        pred, images, mask, patch_size, tubelet, norm_pix, eps
-    )
-
-
-@_masked_patch_loss_triton_op.register_fake
-def _(pred, images, mask, patch_size, tubelet, norm_pix, eps):
-    return pred.new_empty((), dtype=torch.float32)
+    launcher = triton_function("masked_patch_loss", "masked_patch_loss")
+    return launcher(pred, images, mask, patch_size, tubelet, norm_pix, eps)
 
 
 @torch.library.custom_op("nexus_fast::masked_patch_loss_backward_triton", mutates_args=())
@@ -148,34 +117,49 @@ def _masked_patch_loss_backward_triton_op(
     norm_pix: bool,
     eps: float,
 ) -> Tensor:
-    if triton_support.INTERPRET:
-        return _triton_launchers().masked_patch_loss_backward(
-            grad, pred, images, mask, patch_size, tubelet, norm_pix, eps
-        )
-    return _reference_backward(grad, pred, images, mask, patch_size, tubelet, norm_pix, eps)
-
-
-@_masked_patch_loss_backward_triton_op.register_kernel("cuda")
-def _(grad, pred, images, mask, patch_size, tubelet, norm_pix, eps):
-    return _triton_launchers().masked_patch_loss_backward(
+    launcher = triton_function("masked_patch_loss", "masked_patch_loss_backward")
+    return triton_cpu_path(launcher, _reference_backward)(
         grad, pred, images, mask, patch_size, tubelet, norm_pix, eps
     )
 
 
-@_masked_patch_loss_backward_triton_op.register_fake
+@_masked_patch_loss_backward_triton_op.register_kernel("cuda")
 def _(grad, pred, images, mask, patch_size, tubelet, norm_pix, eps):
-    return pred.new_empty(pred.shape)
+    launcher = triton_function("masked_patch_loss", "masked_patch_loss_backward")
+    return launcher(grad, pred, images, mask, patch_size, tubelet, norm_pix, eps)
 
 
-def _triton_backward(ctx, grad: Tensor) -> tuple:
-    pred, images, mask = ctx.saved_tensors
-    grad_pred = None
-    if ctx.needs_input_grad[0]:
-        grad_pred = _masked_patch_loss_backward_triton_op(grad, pred, images, mask, *ctx.arguments)
-    return grad_pred, None, None, None, None, None, None
+def _register(forward, backward, loss_dtype) -> None:
+    """Fake kernels and the gradient of pred for one family of ops (C++ or Triton). Images and
+    mask are constants of these ops; the dispatcher does not choose them when those need grad."""
+
+    def fake_forward(pred, images, mask, patch_size, tubelet, norm_pix, eps):
+        return pred.new_empty((), dtype=loss_dtype(pred))
+
+    def fake_backward(grad, pred, images, mask, patch_size, tubelet, norm_pix, eps):
+        return pred.new_empty(pred.shape)
+
+    def gradient(ctx, grad: Tensor) -> tuple:
+        pred, images, mask = ctx.saved_tensors
+        grad_pred = None
+        if ctx.needs_input_grad[0]:
+            grad_pred = resolve_op(backward)(grad, pred, images, mask, *ctx.arguments)
+        return grad_pred, None, None, None, None, None, None
+
+    torch.library.register_fake(forward)(fake_forward)
+    torch.library.register_fake(backward)(fake_backward)
+    torch.library.register_autograd(forward, gradient, setup_context=_setup_context)
 
 
-_masked_patch_loss_triton_op.register_autograd(_triton_backward, setup_context=_setup_context)
+_register(
+    _masked_patch_loss_triton_op,
+    _masked_patch_loss_backward_triton_op,
+    lambda pred: torch.float32,
+)
+if _extension.is_built():
+    _register(
+        "nexus_fast::masked_patch_loss", "nexus_fast::masked_patch_loss_backward", _loss_dtype
+    )
 
 
 def _run_compiled(*args) -> Tensor:
@@ -186,9 +170,7 @@ def _fused_reasons(
     pred: Tensor, images: Tensor, mask: Tensor, device_type: str, dtypes: tuple
 ) -> list[str]:
     """Why a fused kernel cannot compute this loss; empty if it can."""
-    reasons = []
-    if pred.device.type != device_type:
-        reasons.append(f"tensors are on {pred.device}, this kernel needs {device_type}")
+    reasons = device_reasons(pred, device_type)
     allowed = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
     if pred.dtype not in dtypes:
         reasons.append(f"pred dtype {pred.dtype} is not one of {allowed}")
@@ -211,9 +193,9 @@ def _cpu_reasons(pred: Tensor, images: Tensor, mask: Tensor, *arguments) -> list
 def _triton_reasons(
     pred: Tensor, images: Tensor, mask: Tensor, patch_size: int, tubelet: int, *arguments
 ) -> list[str]:
-    unavailable = triton_support.unavailable_reason(pred.device.type)
-    if unavailable is not None:
-        return [unavailable]
+    unavailable = triton_reasons(pred)
+    if unavailable:
+        return unavailable
     reasons = _fused_reasons(pred, images, mask, pred.device.type, TRITON_DTYPES)
     # next_pow2(t*p*p) x next_pow2(C): the register tile of one patch (triton_kernels/).
     tile = (1 << (tubelet * patch_size**2 - 1).bit_length()) * (
@@ -234,13 +216,13 @@ MASKED_PATCH_LOSS = register(
             Backend(
                 "triton",
                 _masked_patch_loss_triton_op,
-                triton_support.machine_reason,
+                triton_machine_reason,
                 _triton_reasons,
             ),
             Backend(
                 "cpu",
                 _run_compiled,
-                lambda: _extension.missing_kernel_reason("masked_patch_loss", "CPU"),
+                cpu_kernel_reason("masked_patch_loss"),
                 _cpu_reasons,
             ),
             Backend("reference", _reference_loss),

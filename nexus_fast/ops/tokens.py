@@ -13,6 +13,7 @@ from ._common import (
     check_index_range,
     cpu_kernel_reason,
     device_reasons,
+    resolve_op,
     triton_cpu_path,
     triton_function,
     triton_machine_reason,
@@ -146,17 +147,11 @@ def _register(gather, scatter, scatter_add) -> None:
     torch.library.register_fake(scatter)(_fake_scatter)
     torch.library.register_fake(scatter_add)(_fake_scatter_add)
     torch.library.register_autograd(
-        gather, _gather_backward(_op(scatter_add)), setup_context=_setup_gather
+        gather, _gather_backward(resolve_op(scatter_add)), setup_context=_setup_gather
     )
     torch.library.register_autograd(
-        scatter, _scatter_backward(_op(scatter_add)), setup_context=_setup_scatter
+        scatter, _scatter_backward(resolve_op(scatter_add)), setup_context=_setup_scatter
     )
-
-
-def _op(name_or_op):
-    if isinstance(name_or_op, str):
-        return getattr(torch.ops.nexus_fast, name_or_op.split("::")[1])
-    return name_or_op
 
 
 _register(_gather_tokens_triton, _scatter_tokens_triton, _scatter_add_tokens_triton)
