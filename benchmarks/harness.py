@@ -39,7 +39,7 @@ class Case:
         mode: "forward", "backward" or "full".
         fn: runs the work once; inputs are prepared outside it.
         work: quantities that turn time into a rate, e.g. {"bytes": 1.0e9} gives GB/s and
-            {"flops": ...} gives TFLOP/s.
+            {"flops": ...} gives TFLOP/s (with "roofline_tflops", also the % of that roofline).
         device: where fn runs ("cpu" or "cuda").
         setup: runs before every repetition, untimed (e.g. zero the gradients).
     """
@@ -152,6 +152,8 @@ def _measurement(benchmark: str, case: Case, times: list[float]) -> Measurement:
         rates["GB/s"] = case.work["bytes"] / (median * 1e-3) / 1e9
     if "flops" in case.work:
         rates["TFLOP/s"] = case.work["flops"] / (median * 1e-3) / 1e12
+        if "roofline_tflops" in case.work:
+            rates["% roofline"] = 100.0 * rates["TFLOP/s"] / case.work["roofline_tflops"]
     return Measurement(
         benchmark,
         case.provider,

@@ -20,6 +20,7 @@ BENCHMARKS = {
     "masked_patch_loss": "bench_masked_patch_loss",
     "masking": "bench_masking",
     "mae_sequence": "bench_mae_sequence",
+    "attention": "bench_attention",
 }
 
 

@@ -100,6 +100,33 @@ def _masked_patch_loss_backward_samples() -> list[tuple]:
     return [(torch.tensor(1.5), *args) for args in _masked_patch_loss_inputs()]
 
 
+def _attention_samples() -> list[tuple]:
+    """(q, k, v, cu_q, cu_k, max_q, max_k, key_padding_mask, scale, causal): a dense padded batch,
+    and packed sequences of 3 and 5 tokens (tiny: the Triton interpreter runs them)."""
+    generator = torch.Generator().manual_seed(0)
+
+    def qkv(*shape: int) -> list[torch.Tensor]:
+        return [torch.randn(*shape, generator=generator).requires_grad_() for _ in range(3)]
+
+    mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    cu = torch.tensor([0, 3, 8], dtype=torch.int32)
+    return [
+        (*qkv(2, 2, 4, 32), None, None, 4, 4, mask, 0.2, False),
+        (*qkv(8, 2, 32), cu, cu, 5, 5, None, 0.2, True),
+    ]
+
+
+def _attention_backward_samples() -> list[tuple]:
+    from nexus_fast.ops.attention import _attention_triton
+
+    samples = []
+    for q, k, v, *rest in _attention_samples():
+        with torch.no_grad():
+            out, lse = _attention_triton(q, k, v, *rest)
+        samples.append((torch.randn_like(out), q.detach(), k.detach(), v.detach(), out, lse, *rest))
+    return samples
+
+
 # op name (without the namespace) -> a function returning a list of argument tuples.
 SAMPLES: dict[str, Callable[[], list[tuple]]] = {
     "ema_update_": _ema_samples,
@@ -118,4 +145,6 @@ SAMPLES: dict[str, Callable[[], list[tuple]]] = {
     "masked_patch_loss_backward": _masked_patch_loss_backward_samples,
     "masked_patch_loss_triton": _masked_patch_loss_samples,
     "masked_patch_loss_backward_triton": _masked_patch_loss_backward_samples,
+    "attention_triton": _attention_samples,
+    "attention_backward_triton": _attention_backward_samples,
 }

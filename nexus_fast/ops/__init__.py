@@ -5,6 +5,7 @@ compiled kernels (C++ CPU, CUDA C++, Triton). `nexus-fast info` shows which back
 """
 
 from ._dispatch import BACKEND_ENV, OPERATORS, Backend, BackendError, Operator
+from .attention import attention
 from .ema import ema_update_
 from .masked_patch_loss import masked_patch_loss
 from .patches import gather_patches, patchify, unpatchify
@@ -16,6 +17,7 @@ __all__ = [
     "Backend",
     "BackendError",
     "Operator",
+    "attention",
     "ema_update_",
     "gather_patches",
     "gather_tokens",

@@ -59,6 +59,14 @@ def triton_reasons(*tensors: Tensor) -> list[str]:
     return [] if reason is None else [reason]
 
 
+def interpreter_reasons(tensor: Tensor) -> list[str]:
+    """automatic_reasons of a Triton backend: the interpreter (CPU tensors) runs only when forced,
+    so TRITON_INTERPRET=1 in a test session does not slow every other CPU call down."""
+    if tensor.device.type == "cpu":
+        return ["the Triton interpreter runs only when forced (backend='triton'): a test tool"]
+    return []
+
+
 def cpu_kernel_reason(op_name: str) -> Callable[[], str | None]:
     """machine_reason of a backend that runs the compiled CPU kernel of op_name."""
     return lambda: _extension.missing_kernel_reason(op_name, "CPU")

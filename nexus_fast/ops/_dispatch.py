@@ -34,12 +34,15 @@ class Backend:
         run: the implementation; takes the operator's normalised arguments.
         machine_reason: why it cannot run on this machine at all, or None.
         input_reasons: why it cannot run these arguments; empty when it can.
+        automatic_reasons: why it is not chosen for these arguments unless forced (e.g. the
+            Triton interpreter: right but slow, a test tool); empty when it may be chosen.
     """
 
     name: str
     run: Callable[..., Any]
     machine_reason: Callable[[], str | None] = field(default=lambda: None)
     input_reasons: Callable[..., list[str]] = field(default=lambda *args: [])
+    automatic_reasons: Callable[..., list[str]] = field(default=lambda *args: [])
 
     def reasons(self, *args: Any) -> list[str]:
         unavailable = _machine_reason(self)
@@ -112,7 +115,7 @@ class Operator:
             return chosen
         rejected = []
         for candidate in self.backends:
-            reasons = candidate.reasons(*args)
+            reasons = candidate.reasons(*args) or candidate.automatic_reasons(*args)
             if not reasons:
                 return candidate
             rejected.append(f"  {candidate.name}: {'; '.join(reasons)}")

@@ -18,6 +18,7 @@ from .. import _extension
 from ._common import (
     cpu_kernel_reason,
     device_reasons,
+    interpreter_reasons,
     triton_cpu_path,
     triton_function,
     triton_machine_reason,
@@ -128,6 +129,7 @@ EMA = register(
                 _run_triton,
                 triton_machine_reason,
                 lambda t, s, m: triton_reasons(t[0]) or _fused_reasons(t, s, t[0].device.type),
+                lambda t, s, m: interpreter_reasons(t[0]),
             ),
             Backend(
                 "cpu",

@@ -21,6 +21,7 @@ from .. import _extension
 from ._common import (
     cpu_kernel_reason,
     device_reasons,
+    interpreter_reasons,
     resolve_op,
     triton_cpu_path,
     triton_function,
@@ -218,6 +219,7 @@ MASKED_PATCH_LOSS = register(
                 _masked_patch_loss_triton_op,
                 triton_machine_reason,
                 _triton_reasons,
+                lambda pred, *rest: interpreter_reasons(pred),
             ),
             Backend(
                 "cpu",

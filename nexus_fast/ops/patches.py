@@ -14,6 +14,7 @@ from ._common import (
     check_index_range,
     cpu_kernel_reason,
     device_reasons,
+    interpreter_reasons,
     triton_cpu_path,
     triton_function,
     triton_machine_reason,
@@ -125,7 +126,8 @@ GATHER_PATCHES = register(
                 "triton",
                 _gather_patches_triton,
                 triton_machine_reason,
-                input_reasons=lambda x, p, t, ids: triton_reasons(x),
+                lambda x, p, t, ids: triton_reasons(x),
+                lambda x, p, t, ids: interpreter_reasons(x),
             ),
             Backend(
                 "cpu",

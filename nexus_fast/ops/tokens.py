@@ -13,6 +13,7 @@ from ._common import (
     check_index_range,
     cpu_kernel_reason,
     device_reasons,
+    interpreter_reasons,
     resolve_op,
     triton_cpu_path,
     triton_function,
@@ -177,6 +178,7 @@ GATHER_TOKENS = register(
                 _gather_tokens_triton,
                 triton_machine_reason,
                 lambda t, i: triton_reasons(t),
+                lambda t, i: interpreter_reasons(t),
             ),
             Backend(
                 "cpu",
@@ -198,6 +200,7 @@ SCATTER_TOKENS = register(
                 _scatter_tokens_triton,
                 triton_machine_reason,
                 lambda t, i, m: triton_reasons(t),
+                lambda t, i, m: interpreter_reasons(t),
             ),
             Backend(
                 "cpu",
