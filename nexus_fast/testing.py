@@ -65,3 +65,42 @@ def assert_within_reference_error(
         f"{msg} error {error:.3e} exceeds {factor} x reference error {reference_error:.3e} "
         f"+ {floor:.0e}"
     )
+
+
+def _distributed_worker(rank: int, world_size: int, init_file: str, fn, args, out_dir: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+    )
+    try:
+        result = fn(rank, world_size, *args)
+        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_distributed(fn, world_size: int = 2, *args) -> list:
+    """Runs fn(rank, world_size, *args) in `world_size` CPU processes joined by a gloo process
+    group, and returns each rank's result (in rank order).
+
+    fn must be a module-level function (it is pickled into the new processes) and its result
+    something torch.save can write. Used by the tests of every `gather=True` loss and of the
+    distributed trainer.
+    """
+    import os
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as folder:
+        init_file = os.path.join(folder, "rendezvous")
+        mp.spawn(
+            _distributed_worker,
+            args=(world_size, init_file, fn, args, folder),
+            nprocs=world_size,
+            join=True,
+        )
+        return [torch.load(os.path.join(folder, f"rank{r}.pt")) for r in range(world_size)]
