@@ -21,6 +21,7 @@ BENCHMARKS = {
     "masking": "bench_masking",
     "mae_sequence": "bench_mae_sequence",
     "attention": "bench_attention",
+    "regression": "bench_regression",
 }
 
 

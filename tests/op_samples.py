@@ -127,6 +127,35 @@ def _attention_backward_samples() -> list[tuple]:
     return samples
 
 
+def _feature_regression_inputs() -> list[tuple]:
+    """(pred, targets, index, weights, loss, loss_exp, beta, normalize, eps) for each loss kind;
+    a zero weight marks a row the kernel must not read."""
+    generator = torch.Generator().manual_seed(0)
+    pred = torch.randn(6, 8, generator=generator)
+    targets = torch.randn(4, 8, generator=generator)
+    index = torch.tensor([0, 3, 3, 1, 2, 0])
+    weights = torch.tensor([0.5, 0.0, 1.0, 0.25, 1.0, 2.0])
+    return [
+        (pred, targets, index, weights, "smooth_l1", 1.0, 1.0, True, 1e-5),
+        (pred, targets, index, weights, "power", 1.0, 1.0, True, 1e-5),
+        (pred.bfloat16(), targets, index, weights, "squared", 2.0, 1.0, False, 1e-5),
+    ]
+
+
+def _feature_regression_samples() -> list[tuple]:
+    return [(pred.clone().requires_grad_(), *rest) for pred, *rest in _feature_regression_inputs()]
+
+
+def _feature_regression_backward_samples() -> list[tuple]:
+    return [(torch.tensor(1.5), *args) for args in _feature_regression_inputs()]
+
+
+def _data2vec_targets_samples() -> list[tuple]:
+    generator = torch.Generator().manual_seed(0)
+    layers = [torch.randn(2, 5, 6, generator=generator) for _ in range(3)]
+    return [(layers, 1e-5), ([layer.bfloat16() for layer in layers], 1e-5)]
+
+
 # op name (without the namespace) -> a function returning a list of argument tuples.
 SAMPLES: dict[str, Callable[[], list[tuple]]] = {
     "ema_update_": _ema_samples,
@@ -147,4 +176,7 @@ SAMPLES: dict[str, Callable[[], list[tuple]]] = {
     "masked_patch_loss_backward_triton": _masked_patch_loss_backward_samples,
     "attention_triton": _attention_samples,
     "attention_backward_triton": _attention_backward_samples,
+    "feature_regression_triton": _feature_regression_samples,
+    "feature_regression_backward_triton": _feature_regression_backward_samples,
+    "data2vec_targets_triton": _data2vec_targets_samples,
 }

@@ -16,7 +16,14 @@ import tempfile
 from dataclasses import asdict, dataclass
 
 # Kernel modules whose COMPILE_SPECS are checked; a new kernel module adds itself here.
-KERNEL_MODULES = ("ema", "patches", "tokens", "masked_patch_loss", "attention")
+KERNEL_MODULES = (
+    "ema",
+    "patches",
+    "tokens",
+    "masked_patch_loss",
+    "attention",
+    "regression",
+)
 HOPPER = ("cuda", 90, 32)
 
 

@@ -9,6 +9,7 @@ from .attention import attention
 from .ema import ema_update_
 from .masked_patch_loss import masked_patch_loss
 from .patches import gather_patches, patchify, unpatchify
+from .regression import data2vec_loss, data2vec_targets, jepa_loss
 from .tokens import gather_tokens, scatter_tokens
 
 __all__ = [
@@ -18,9 +19,12 @@ __all__ = [
     "BackendError",
     "Operator",
     "attention",
+    "data2vec_loss",
+    "data2vec_targets",
     "ema_update_",
     "gather_patches",
     "gather_tokens",
+    "jepa_loss",
     "masked_patch_loss",
     "patchify",
     "scatter_tokens",

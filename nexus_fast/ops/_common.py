@@ -43,6 +43,11 @@ def triton_function(module: str, name: str) -> Callable:
     return getattr(importlib.import_module(f"nexus_fast.triton_kernels.{module}"), name)
 
 
+def interpreting() -> bool:
+    """Whether Triton kernels run through the interpreter (TRITON_INTERPRET=1 at import)."""
+    return triton_support.INTERPRET
+
+
 def triton_cpu_path(launcher: Callable, reference: Callable) -> Callable:
     """The CPU implementation of a Triton-backed custom op: the interpreted kernel under
     TRITON_INTERPRET=1 (so CI tests the kernel itself), else the reference."""

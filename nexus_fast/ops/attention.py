@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import triton_kernels as triton_support
 from ._common import (
     interpreter_reasons,
+    interpreting,
     triton_function,
     triton_machine_reason,
     triton_reasons,
@@ -267,7 +267,7 @@ def _attention_triton(
     causal: bool,
 ) -> tuple[Tensor, Tensor]:
     arguments = (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, key_padding_mask)
-    if triton_support.INTERPRET:
+    if interpreting():
         return _triton_forward(q, k, v, *arguments, scale, causal)
     return _reference_forward(q, k, v, *arguments, scale, causal)
 
@@ -296,7 +296,7 @@ def _attention_backward_triton(
     causal: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     arguments = (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, key_padding_mask)
-    backward = _triton_backward if triton_support.INTERPRET else _reference_backward
+    backward = _triton_backward if interpreting() else _reference_backward
     return backward(dout, q, k, v, out, lse, *arguments, scale, causal)
 
 
