@@ -22,6 +22,7 @@ BENCHMARKS = {
     "mae_sequence": "bench_mae_sequence",
     "attention": "bench_attention",
     "regression": "bench_regression",
+    "redundancy": "bench_redundancy",
 }
 
 

@@ -156,6 +156,46 @@ def _data2vec_targets_samples() -> list[tuple]:
     return [(layers, 1e-5), ([layer.bfloat16() for layer in layers], 1e-5)]
 
 
+def _barlow_twins_samples() -> list[tuple]:
+    """(z1, z2, lambd, eps, gram, needs_grad) for nexus_fast::barlow_twins_loss[_triton]: the Gram
+    and direct forms, a bf16 pair without gradients, a strided view (tiny: the interpreter)."""
+    generator = torch.Generator().manual_seed(0)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator)
+
+    z1, z2 = randn(5, 9), randn(5, 9)
+    return [
+        (z1.requires_grad_(), z2.requires_grad_(), 0.0051, 1e-5, True, True),
+        (randn(7, 3).requires_grad_(), randn(7, 3).requires_grad_(), 0.02, 1e-5, False, True),
+        (randn(4, 6).bfloat16(), randn(4, 6).bfloat16(), 0.0051, 1e-5, True, False),
+        (
+            randn(6, 10)[:, ::2].requires_grad_(),
+            randn(6, 5).requires_grad_(),
+            0.0051,
+            1e-5,
+            False,
+            True,
+        ),
+    ]
+
+
+def _vicreg_samples() -> list[tuple]:
+    """(x, std_coeff, cov_coeff, eps, gram, needs_grad) for
+    nexus_fast::vicreg_regularizer[_triton]."""
+    generator = torch.Generator().manual_seed(1)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator)
+
+    return [
+        (randn(5, 9).requires_grad_(), 25.0, 1.0, 1e-4, True, True),
+        ((randn(7, 3) * 0.5).requires_grad_(), 25.0, 1.0, 1e-4, False, True),
+        (randn(4, 6).bfloat16(), 25.0, 1.0, 1e-4, True, False),
+        (randn(10, 6)[::2].requires_grad_(), 10.0, 2.0, 1e-3, False, True),
+    ]
+
+
 # op name (without the namespace) -> a function returning a list of argument tuples.
 SAMPLES: dict[str, Callable[[], list[tuple]]] = {
     "ema_update_": _ema_samples,
@@ -179,4 +219,8 @@ SAMPLES: dict[str, Callable[[], list[tuple]]] = {
     "feature_regression_triton": _feature_regression_samples,
     "feature_regression_backward_triton": _feature_regression_backward_samples,
     "data2vec_targets_triton": _data2vec_targets_samples,
+    "barlow_twins_loss": _barlow_twins_samples,
+    "barlow_twins_loss_triton": _barlow_twins_samples,
+    "vicreg_regularizer": _vicreg_samples,
+    "vicreg_regularizer_triton": _vicreg_samples,
 }

@@ -23,6 +23,7 @@ KERNEL_MODULES = (
     "masked_patch_loss",
     "attention",
     "regression",
+    "redundancy",
 )
 HOPPER = ("cuda", 90, 32)
 

@@ -9,6 +9,7 @@ from .attention import attention
 from .ema import ema_update_
 from .masked_patch_loss import masked_patch_loss
 from .patches import gather_patches, patchify, unpatchify
+from .redundancy import barlow_twins_loss, vicreg_loss
 from .regression import data2vec_loss, data2vec_targets, jepa_loss
 from .tokens import gather_tokens, scatter_tokens
 
@@ -19,6 +20,7 @@ __all__ = [
     "BackendError",
     "Operator",
     "attention",
+    "barlow_twins_loss",
     "data2vec_loss",
     "data2vec_targets",
     "ema_update_",
@@ -29,4 +31,5 @@ __all__ = [
     "patchify",
     "scatter_tokens",
     "unpatchify",
+    "vicreg_loss",
 ]
