@@ -23,6 +23,7 @@ BENCHMARKS = {
     "attention": "bench_attention",
     "regression": "bench_regression",
     "redundancy": "bench_redundancy",
+    "dino": "bench_dino",
 }
 
 

@@ -196,6 +196,52 @@ def _vicreg_samples() -> list[tuple]:
     ]
 
 
+def _sinkhorn_knopp_samples() -> list[tuple]:
+    """(logits, temperature, iters, gather): float32 cosine-sized logits, and a bf16 column slice
+    (a row stride other than K)."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 11, generator=generator) * 0.3
+    return [(logits, 0.07, 3, False), (logits[:, 2:9].bfloat16(), 0.05, 1, False)]
+
+
+def _soft_cross_entropy_samples() -> list[tuple]:
+    """(logits, targets, mass, index, temperature, compute_grad): 5 rows against a table of 3
+    targets, one of them a sum of two distributions (mass 2)."""
+    generator = torch.Generator().manual_seed(0)
+    targets = torch.softmax(torch.randn(3, 11, generator=generator), dim=-1)
+    targets[2] += targets[0]
+    mass = targets.sum(dim=-1)
+    index = torch.tensor([2, 0, 1, 1, 2])
+    logits = torch.randn(5, 11, generator=generator)
+    return [
+        (logits.clone().requires_grad_(), targets, mass, index, 0.1, True),
+        (logits.bfloat16(), targets, mass, index, 0.1, False),
+    ]
+
+
+def _prototype_cross_entropy_samples() -> list[tuple]:
+    """(features, weight, targets, index, temperature, chunk_rows, grad_features, grad_weight):
+    chunks of 2 and 3 rows over 5; a bf16 head with the weight's gradient not asked for."""
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(5, 8, generator=generator)
+    weight = torch.randn(11, 8, generator=generator)
+    targets = torch.softmax(torch.randn(3, 11, generator=generator), dim=-1)
+    index = torch.tensor([2, 0, 1, 1, 2])
+    return [
+        (features.requires_grad_(), weight.requires_grad_(), targets, index, 0.1, 2, True, True),
+        (
+            features.detach().bfloat16(),
+            weight.detach().bfloat16(),
+            targets,
+            index,
+            0.1,
+            3,
+            True,
+            False,
+        ),
+    ]
+
+
 # op name (without the namespace) -> a function returning a list of argument tuples.
 SAMPLES: dict[str, Callable[[], list[tuple]]] = {
     "ema_update_": _ema_samples,
@@ -223,4 +269,8 @@ SAMPLES: dict[str, Callable[[], list[tuple]]] = {
     "barlow_twins_loss_triton": _barlow_twins_samples,
     "vicreg_regularizer": _vicreg_samples,
     "vicreg_regularizer_triton": _vicreg_samples,
+    "sinkhorn_knopp_triton": _sinkhorn_knopp_samples,
+    "soft_cross_entropy_triton": _soft_cross_entropy_samples,
+    "prototype_cross_entropy": _prototype_cross_entropy_samples,
+    "prototype_cross_entropy_triton": _prototype_cross_entropy_samples,
 }

@@ -24,6 +24,8 @@ KERNEL_MODULES = (
     "attention",
     "regression",
     "redundancy",
+    "sinkhorn",
+    "prototype_loss",
 )
 HOPPER = ("cuda", 90, 32)
 
