@@ -113,7 +113,8 @@ def _official_data2vec_loss(pred, targets, mask, clones, cls_pred):
     reg = F.mse_loss(pred[mask].float(), y[mask], reduction="none").sum(dim=-1) * scale
     cls_target = targets.mean(dim=1).repeat_interleave(clones, 0)
     cls = F.mse_loss(cls_pred.float(), cls_target, reduction="none").sum(dim=-1) * scale
-    return reg.sum() / mask.sum() + 0.01 * cls.mean()
+    # The criterion divides every loss by sample_size; the cls loss was scaled by it first.
+    return reg.sum() / mask.sum() + 0.01 * cls.sum()
 
 
 @pytest.mark.parametrize("clones", [1, 3])

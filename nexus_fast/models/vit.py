@@ -191,7 +191,8 @@ class VisionTransformer(nn.Module):
                 requires_grad=config.pos_embed == "learned",
             )
             rope = None
-        rates = torch.linspace(0, config.drop_path, config.depth).tolist()  # stochastic depth
+        # Stochastic depth rates (on the CPU: also under a `with torch.device("meta")` context).
+        rates = torch.linspace(0, config.drop_path, config.depth, device="cpu").tolist()
         self.blocks = nn.ModuleList(
             Block(
                 dim,

@@ -364,12 +364,13 @@ def data2vec_loss(
         mask: (B * M, L) bool, True where the clone's patch was masked.
         num_clones: M.
         cls_pred: (B * M, D) the student's cls token; it regresses the token mean of the targets.
-        cls_weight: the cls term's weight (official: 0.01).
+        cls_weight: the cls term's weight (official: 0.01), on the sum over the clone rows as
+            fairseq's criterion has it (see nexus_fast.ops.reference.regression).
         backend: force "triton" or "reference".
 
     Returns:
         mean over masked tokens of sum_d (pred - target)^2 / sqrt(D), plus cls_weight times the
-        mean over clones of sum_d (cls_pred - mean_l target)^2 / sqrt(D): a 0-dim float32 tensor.
+        sum over clones of sum_d (cls_pred - mean_l target)^2 / sqrt(D): a 0-dim float32 tensor.
     """
     if pred.dim() != 3 or targets.dim() != 3 or num_clones < 1:
         raise ValueError(
@@ -400,9 +401,7 @@ def data2vec_loss(
         raise ValueError(f"cls_pred must be (B * M, D), got {tuple(cls_pred.shape)}")
     token_mean = targets.float().mean(dim=1)  # (B, D)
     clone_image = torch.arange(batch * num_clones, device=pred.device) // num_clones
-    cls_weights = torch.full(
-        (batch * num_clones,), cls_weight * scale / (batch * num_clones), device=pred.device
-    )
+    cls_weights = torch.full((batch * num_clones,), cls_weight * scale, device=pred.device)
     return loss + _regression(
         cls_pred, token_mean, clone_image, cls_weights, "squared", 2.0, 1.0, False,
         LAYER_NORM_EPS, backend,

@@ -83,11 +83,13 @@ def data2vec_loss(
         mask: (B * M, L) bool, True at the masked positions (the only ones that count).
         num_clones: M.
         cls_pred: (B * M, D) the student's cls token, regressing the token mean of the targets.
-        cls_weight: the cls term's weight (0.01).
+        cls_weight: the cls term's weight (0.01), applied to the SUM over the clone rows: fairseq
+            scales the per-row cls losses by cls_loss * sample_size and its criterion then
+            divides everything by sample_size (the masked-token count).
 
     Returns:
         The mean over masked tokens of sum_d (pred - target)^2 / sqrt(D), plus cls_weight times
-        the mean over rows of sum_d (cls_pred - mean_l target)^2 / sqrt(D).
+        the sum over rows of sum_d (cls_pred - mean_l target)^2 / sqrt(D).
     """
     scale = 1.0 / math.sqrt(pred.shape[-1])
     repeated = targets.repeat_interleave(num_clones, dim=0)
@@ -96,5 +98,5 @@ def data2vec_loss(
     if cls_pred is not None:
         cls_target = targets.float().mean(dim=1).repeat_interleave(num_clones, dim=0)
         cls_errors = F.mse_loss(cls_pred.float(), cls_target, reduction="none").sum(dim=-1)
-        loss = loss + cls_weight * cls_errors.mean() * scale
+        loss = loss + cls_weight * cls_errors.sum() * scale
     return loss
