@@ -139,3 +139,13 @@ def test_shape_mismatch_is_an_error_naming_the_key() -> None:
         load_pretrained(
             _model(embed_dim=64), {k: v for k, v in state.items() if "pos_embed" not in k}
         )
+
+
+def test_a_mask_token_is_kept_when_the_model_has_one() -> None:
+    source = _model(mask_token=True)
+    with torch.no_grad():
+        source.mask_token.fill_(0.5)
+    target = _model(mask_token=True)
+    report = load_pretrained(target, source.state_dict())
+    assert "mask_token" not in report.dropped
+    assert torch.equal(target.mask_token, source.mask_token)

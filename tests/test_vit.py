@@ -212,3 +212,28 @@ def test_bad_configs(overrides, message) -> None:
         vit_config(**options)
     with pytest.raises(ValueError, match="preset='huge2'"):
         vit_config("huge2")
+
+
+def test_mask_token_replaces_masked_patches_before_the_positions() -> None:
+    model = _tiny(mask_token=True, pos_embed="learned")
+    with torch.no_grad():
+        model.mask_token.normal_()
+    x = torch.randn(2, 3, 32, 32)
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[0, [1, 5]] = True
+    tokens = model.embed(x, mask=mask)
+    positions = model.pos_embed[:, 1:]
+    expected = model.mask_token[0] + positions[0, 1]
+    torch.testing.assert_close(tokens[0, 1 + 1], expected)
+    torch.testing.assert_close(tokens[1], model.embed(x)[1]), "unmasked samples are unchanged"
+    with pytest.raises(ValueError, match="needs mask_token=True"):
+        _tiny().embed(x, mask=mask)
+
+
+def test_uniform_drop_path() -> None:
+    model = _tiny(drop_path=0.2, drop_path_uniform=True, depth=3)
+    assert [block.drop_path.drop_prob for block in model.blocks] == [0.2, 0.2, 0.2]
+    ramp = _tiny(drop_path=0.2, depth=3)
+    assert [getattr(b.drop_path, "drop_prob", 0.0) for b in ramp.blocks] == pytest.approx(
+        [0, 0.1, 0.2]
+    )

@@ -30,9 +30,10 @@ class RotaryEmbedding3D(nn.Module):
         if self.part == 0:
             raise ValueError(f"head_dim {head_dim} is too small for 3D RoPE")
 
-    def positions(self, ids: Tensor) -> Tensor:
-        """(B, N) token indices of the (t, h, w) grid -> (B, N, 3) frame, row, column."""
-        _, h, w = self.grid
+    def positions(self, ids: Tensor, grid: tuple[int, int, int] | None = None) -> Tensor:
+        """(B, N) token indices of a (t, h, w) grid (default: the configured one) -> (B, N, 3)
+        frame, row, column."""
+        _, h, w = grid if grid is not None else self.grid
         return torch.stack([ids // (h * w), (ids // w) % h, ids % w], dim=-1)
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:

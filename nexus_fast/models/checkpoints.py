@@ -121,13 +121,14 @@ def load_pretrained(
     """
     checkpoint, layout = _find_encoder(read_state_dict(source), key)
     report = LoadReport(source_layout=layout)
+    expected = model.state_dict()
     state = {}
     for name, value in checkpoint.items():
         renamed = _rename(name)
         if renamed != name:
             report.renamed[name] = renamed
         reason = next((why for pattern, why in NOT_ENCODER if pattern.search(renamed)), None)
-        if reason is not None:
+        if reason is not None and renamed not in expected:
             report.dropped[name] = reason
             continue
         state[renamed] = value
@@ -136,7 +137,6 @@ def load_pretrained(
         if resized is not state["pos_embed"]:
             report.resized.append("pos_embed")
         state["pos_embed"] = resized
-    expected = model.state_dict()
     report.missing = sorted(set(expected) - set(state))
     report.unexpected = sorted(set(state) - set(expected))
     mismatched = [

@@ -7,6 +7,7 @@ pos_embed, blocks.{i}.norm1 / attn.qkv / attn.proj / norm2 / mlp.fc1 / mlp.fc2 /
 so weights move between nexus_fast, timm and the official repositories (models/checkpoints.py).
 """
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -59,6 +60,8 @@ class ViTConfig:
     pos_embed: Literal["sincos", "learned", "rope"] = "sincos"
     layer_scale_init: float | None = None
     drop_path: float = 0.0
+    drop_path_uniform: bool = False  # DINOv2: every block at drop_path (else 0 -> drop_path)
+    mask_token: bool = False  # iBOT / DINOv2: a learned token for masked patches (embed(mask=))
     norm_eps: float = 1e-6
     grad_checkpointing: bool = False
 
@@ -181,6 +184,9 @@ class VisionTransformer(nn.Module):
             if config.num_registers
             else None
         )
+        self.mask_token = (
+            nn.Parameter(torch.zeros(1, dim, **factory)) if config.mask_token else None
+        )
         if config.pos_embed == "rope":
             self.pos_embed = None
             rope = RotaryEmbedding3D(dim // config.num_heads, self._grid3(config.grid))
@@ -193,6 +199,8 @@ class VisionTransformer(nn.Module):
             rope = None
         # Stochastic depth rates (on the CPU: also under a `with torch.device("meta")` context).
         rates = torch.linspace(0, config.drop_path, config.depth, device="cpu").tolist()
+        if config.drop_path_uniform:
+            rates = [config.drop_path] * config.depth
         self.blocks = nn.ModuleList(
             Block(
                 dim,
@@ -226,6 +234,8 @@ class VisionTransformer(nn.Module):
         for token in (self.cls_token, self.reg_token):
             if token is not None:
                 nn.init.normal_(token, std=0.02)
+        if self.mask_token is not None:
+            nn.init.zeros_(self.mask_token)
         if self.pos_embed is not None:
             if self.config.pos_embed == "sincos":
                 table = sincos_pos_embed(
@@ -272,10 +282,19 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"position embeddings resize for images only, got grid {grid}")
         return interpolate_pos_embed(table, self.config.grid, grid)
 
-    def embed(self, x: Tensor, ids: Tensor | None = None) -> Tensor:
+    def embed(self, x: Tensor, ids: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
         """Patch embedding of the patches ids (all when None) + positions + cls/registers:
-        (B, prefix + K, D)."""
+        (B, prefix + K, D).
+
+        mask: (B, L) bool (all patches only): those patches' embeddings are replaced by the mask
+        token before the position embedding is added (iBOT, DINOv2's prepare_tokens_with_masks).
+        """
         tokens = self.patch_embed(x, ids)
+        if mask is not None:
+            if self.mask_token is None or ids is not None:
+                raise ValueError("embed(mask=...) needs mask_token=True and every patch (ids=None)")
+            filler = self.mask_token.to(tokens.dtype).unsqueeze(0)  # (1, 1, D)
+            tokens = torch.where(mask.unsqueeze(-1), filler, tokens)
         pos = self.patch_pos_embed(self.grid_of(x))
         if pos is not None:
             pos = pos.to(tokens.dtype)
@@ -339,7 +358,7 @@ class VisionTransformer(nn.Module):
             rope = self.blocks[0].attn.rope
             if ids is None:
                 ids = torch.arange(tokens.shape[1], device=x.device).expand(tokens.shape[0], -1)
-            positions = rope.positions(ids)
+            positions = rope.positions(ids, self._grid3(self.grid_of(x)))
         prenorm, layers = self.run_blocks(tokens, layout, positions, collect)
         return ViTFeatures(
             self.norm(prenorm), prenorm, self.num_prefix_tokens, self.cls_token is not None, layers
@@ -349,21 +368,27 @@ class VisionTransformer(nn.Module):
         """The normalised tokens (B, prefix + K, D) of the patches ids (all when None)."""
         return self.forward_features(x, ids, valid).tokens
 
-    def forward_packed(self, crops: list[Tensor]) -> list[Tensor]:
+    def forward_packed(
+        self, crops: list[Tensor], masks: list[Tensor | None] | None = None
+    ) -> list[Tensor]:
         """Several batches of different sizes (DINOv2's global and local crops) through the
-        blocks as ONE packed varlen batch; returns each batch's normalised tokens (B_i, N_i, D)."""
+        blocks as ONE packed varlen batch (DINOv2's forward_features_list on a block-diagonal
+        mask); returns each batch's normalised tokens (B_i, N_i, D). masks[i]: embed's mask."""
         if self.config.pos_embed == "rope":
             raise ValueError("forward_packed needs position embeddings, not RoPE")
-        embedded = [self.embed(crop) for crop in crops]
+        masks = masks if masks is not None else [None] * len(crops)
+        embedded = [self.embed(crop, mask=mask) for crop, mask in zip(crops, masks)]
+        if len(embedded) == 1:
+            tokens, _ = self.run_blocks(embedded[0])
+            return [self.norm(tokens)]
         lengths = [t.shape[1] for t in embedded for _ in range(t.shape[0])]
-        offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+        offsets = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
         layout = TokenLayout(
             cu_seqlens=offsets.to(crops[0].device), max_seqlen=max(t.shape[1] for t in embedded)
         )
-        packed = torch.cat([t.reshape(-1, t.shape[-1]) for t in embedded])
-        out, _ = self.run_blocks(packed, layout)
-        out = self.norm(out)
-        pieces = out.split([t.shape[0] * t.shape[1] for t in embedded])
+        packed = torch.cat([t.reshape(-1, t.shape[-1]) for t in embedded])  # (total, D)
+        tokens, _ = self.run_blocks(packed, layout)
+        pieces = self.norm(tokens).split([t.shape[0] * t.shape[1] for t in embedded])
         return [piece.reshape(t.shape) for piece, t in zip(pieces, embedded)]
 
     def get_intermediate_layers(

@@ -86,8 +86,10 @@ class SSLModel(nn.Module):
     """Base of the seven methods.
 
     Subclasses set `config_class` (a dataclass deriving from EncoderConfig), build their modules
-    from `self.config`, and implement `forward` and `encode`. Teacher methods list their
-    (teacher, student) module pairs in `teacher_pairs` and their momentum schedule.
+    from `self.config`, and implement `forward` and `encode`; `self.encoder` is the network
+    that `encode` evaluates (the seed freezes and unfreezes it for linear probing and
+    fine-tuning). Teacher methods list their (teacher, student) module pairs in `teacher_pairs`
+    and their momentum schedule.
     """
 
     config_class: ClassVar[type] = EncoderConfig

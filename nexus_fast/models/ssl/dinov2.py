@@ -50,7 +50,6 @@ Deviations from the official code, and why:
   uses a scale factor with a +0.1 offset (slightly different values).
 """
 
-import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -61,9 +60,8 @@ from torch import Tensor, nn
 
 from ... import ops
 from ...config import require
-from ...layers import DropPath, TokenLayout
 from ...masking import BlockMask, block_mask
-from ..vit import VisionTransformer, ViTConfig
+from ..vit import VisionTransformer
 from ._base import EncoderConfig, SSLModel, frozen_copy
 from ._dino_head import DINOHead
 from ._heads import embedding_std
@@ -205,20 +203,11 @@ class DINOv2Config(EncoderConfig):
 
 
 class DINOv2Backbone(VisionTransformer):
-    """DINOv2's student/teacher ViT: the VisionTransformer with a learned mask token (iBOT), the
-    same stochastic-depth rate at every block (DINOv2's drop_path_uniform), DINOv2's
-    initialisation, and every crop of a step through the blocks as one packed batch.
+    """DINOv2's student/teacher ViT: the VisionTransformer (mask token, uniform stochastic depth
+    and packed multi-crop forward are ViT options) with DINOv2's initialisation.
 
     State-dict names: VisionTransformer's (timm's) plus DINOv2's `mask_token` (1, D).
     """
-
-    def __init__(self, config: ViTConfig, device=None, dtype=None) -> None:
-        super().__init__(config, device=device, dtype=dtype)
-        self.mask_token = nn.Parameter(torch.zeros(1, config.embed_dim, device=device, dtype=dtype))
-        for block in self.blocks:
-            block.drop_path = DropPath(config.drop_path) if config.drop_path > 0 else nn.Identity()
-        if device is None or torch.device(device).type != "meta":
-            self.init_weights()
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -230,41 +219,6 @@ class DINOv2Backbone(VisionTransformer):
             if token is not None:
                 nn.init.normal_(token, std=1e-6)
         self.patch_embed.proj.reset_parameters()
-        mask_token = getattr(self, "mask_token", None)  # absent while the base class builds
-        if mask_token is not None:
-            nn.init.zeros_(mask_token)
-
-    def embed_masked(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        """embed(x) with the patches where mask (B, L) is True replaced by the mask token (before
-        the position embedding is added, as DINOv2's prepare_tokens_with_masks)."""
-        tokens = self.embed(x)
-        if mask is None:
-            return tokens
-        prefix = self.num_prefix_tokens
-        positions = self.patch_pos_embed(self.grid_of(x))
-        filler = (self.mask_token + positions).to(tokens.dtype)  # (1, L, D)
-        patches = torch.where(mask.unsqueeze(-1), filler, tokens[:, prefix:])
-        return torch.cat([tokens[:, :prefix], patches], dim=1)
-
-    def forward_crops(
-        self, crops: Sequence[Tensor], masks: Sequence[Tensor | None]
-    ) -> list[Tensor]:
-        """Each batch of crops (B_i, C, H_i, W_i), masked by masks[i] (or not, None), through the
-        blocks as one packed variable-length batch (DINOv2's forward_features_list on a
-        block-diagonal attention mask); returns each batch's normalised tokens (B_i, N_i, D)."""
-        embedded = [self.embed_masked(crop, mask) for crop, mask in zip(crops, masks)]
-        if len(embedded) == 1:
-            tokens, _ = self.run_blocks(embedded[0])
-            return [self.norm(tokens)]
-        lengths = [t.shape[1] for t in embedded for _ in range(t.shape[0])]
-        offsets = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
-        layout = TokenLayout(
-            cu_seqlens=offsets.to(crops[0].device), max_seqlen=max(t.shape[1] for t in embedded)
-        )
-        packed = torch.cat([t.reshape(-1, t.shape[-1]) for t in embedded])  # (total, D)
-        tokens, _ = self.run_blocks(packed, layout)
-        pieces = self.norm(tokens).split([t.shape[0] * t.shape[1] for t in embedded])
-        return [piece.reshape(t.shape) for piece, t in zip(pieces, embedded)]
 
 
 @dataclass(frozen=True)
@@ -315,7 +269,13 @@ class DINOv2Model(SSLModel):
         super().__init__(config)
         config = self.config
         backbone = DINOv2Backbone(
-            config.encoder_config(pos_embed="learned", mlp=_FFN[config.ffn_layer]), device=device
+            config.encoder_config(
+                pos_embed="learned",
+                mlp=_FFN[config.ffn_layer],
+                mask_token=True,
+                drop_path_uniform=True,
+            ),
+            device=device,
         )
         student = {"backbone": backbone, "dino_head": self._head("dino", device)}
         if config.ibot_separate_head:
@@ -434,11 +394,17 @@ class DINOv2Model(SSLModel):
             (batch_size, channels, local, local)
         ] * config.local_crops_number
 
+    @property
+    def encoder(self) -> VisionTransformer:
+        """The backbone that `encode` evaluates (the teacher's by default): the seed's
+        `model.encoder`, e.g. to freeze or unfreeze it for a linear probe or fine-tuning."""
+        network = self.teacher if self.config.encode_with == "teacher" else self.student
+        return network["backbone"]
+
     def encode(self, x: Tensor) -> Tensor:
         """The evaluation features (B, D): the teacher's (or, with encode_with="student", the
         student's) cls token after the final LayerNorm (DINOv2's x_norm_clstoken)."""
-        network = self.teacher if self.config.encode_with == "teacher" else self.student
-        return network["backbone"].forward_features(x).cls
+        return self.encoder.forward_features(x).cls
 
     # --- one training step --------------------------------------------------------------------
 
@@ -479,7 +445,7 @@ class DINOv2Model(SSLModel):
         )
 
         backbone = self.student["backbone"]
-        tokens = backbone.forward_crops(
+        tokens = backbone.forward_packed(
             [global_batch, *locals_],
             [None if masked is None else masked.mask] + [None] * len(locals_),
         )
