@@ -39,7 +39,8 @@ class Case:
         mode: "forward", "backward" or "full".
         fn: runs the work once; inputs are prepared outside it.
         work: quantities that turn time into a rate, e.g. {"bytes": 1.0e9} gives GB/s and
-            {"flops": ...} gives TFLOP/s (with "roofline_tflops", also the % of that roofline).
+            {"flops": ...} gives TFLOP/s (with "roofline_tflops", also the % of that roofline),
+            {"images": B} gives images/s.
         device: where fn runs ("cpu" or "cuda").
         setup: runs before every repetition, untimed (e.g. zero the gradients).
     """
@@ -150,6 +151,8 @@ def _measurement(benchmark: str, case: Case, times: list[float]) -> Measurement:
     rates = {}
     if "bytes" in case.work:
         rates["GB/s"] = case.work["bytes"] / (median * 1e-3) / 1e9
+    if "images" in case.work:
+        rates["images/s"] = case.work["images"] / (median * 1e-3)
     if "flops" in case.work:
         rates["TFLOP/s"] = case.work["flops"] / (median * 1e-3) / 1e12
         if "roofline_tflops" in case.work:

@@ -24,6 +24,7 @@ BENCHMARKS = {
     "regression": "bench_regression",
     "redundancy": "bench_redundancy",
     "dino": "bench_dino",
+    "train_step": "bench_train_step",
 }
 
 
