@@ -1,8 +1,7 @@
 """Pieces several methods share: the BatchNorm MLP projector (Barlow Twins, VICReg), pooling of
-encoder features, and the collapse indicator every method reports."""
+encoder features, and (from nexus_fast.eval.collapse) the collapse indicator every method
+reports."""
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..vit import ViTFeatures
@@ -30,10 +29,3 @@ def pooled(features: ViTFeatures, pool: str) -> Tensor:
             raise ValueError("pool='cls' needs an encoder with a cls token")
         return features.cls
     return features.patch_tokens.mean(dim=1)
-
-
-@torch.no_grad()
-def embedding_std(z: Tensor) -> Tensor:
-    """The collapse indicator: mean per-dimension std of the L2-normalised embeddings (about
-    1 / sqrt(D) when healthy, 0 when every embedding is the same)."""
-    return F.normalize(z.float(), dim=-1).std(dim=0).mean()
