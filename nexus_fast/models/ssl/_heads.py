@@ -1,6 +1,5 @@
-"""Pieces several methods share: the BatchNorm MLP projector (Barlow Twins, VICReg), pooling of
-encoder features, and (from nexus_fast.eval.collapse) the collapse indicator every method
-reports."""
+"""Pieces several methods share: the BatchNorm MLP projector (Barlow Twins, VICReg) and the
+pooling of encoder features."""
 
 from torch import Tensor, nn
 

@@ -37,11 +37,11 @@ from torch import Tensor, nn
 
 from ... import ops
 from ...config import require
+from ...eval.collapse import embedding_std
 from ...masking import MaskedIndices, inverse_block_mask
 from ..vit import VisionTransformer
 from ._base import EncoderConfig, SSLModel, frozen_copy
 from ._decoders import ConvDecoder2d
-from ._heads import embedding_std
 
 
 @dataclass

@@ -60,11 +60,11 @@ from torch import Tensor, nn
 
 from ... import ops
 from ...config import require
+from ...eval.collapse import embedding_std
 from ...masking import BlockMask, block_mask
 from ..vit import VisionTransformer
 from ._base import EncoderConfig, SSLModel, frozen_copy
 from ._dino_head import DINOHead
-from ._heads import embedding_std
 
 # The released DINOv2 sizes, as overrides of DINOv2Config (DINOv2Model.preset("official",
 # **OFFICIAL_SIZES["vitg14"])). ViT-L/14 and ViT-g/14 follow dinov2/configs/train/vitl14.yaml and

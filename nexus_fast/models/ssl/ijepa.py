@@ -36,10 +36,11 @@ from torch import Tensor
 
 from ... import ops
 from ...config import require
+from ...eval.collapse import embedding_std
 from ...masking import MultiBlockMask, multiblock_mask
 from ..vit import VisionTransformer
 from ._base import EncoderConfig, SSLModel, frozen_copy
-from ._heads import embedding_std, pooled
+from ._heads import pooled
 from ._predictor import JEPAPredictor, check_momentum_range, linear_momentum, official_init_
 
 

@@ -15,9 +15,10 @@ from typing import ClassVar, Literal
 from torch import Tensor
 
 from ... import ops
+from ...eval.collapse import embedding_std
 from ..vit import VisionTransformer
 from ._base import EncoderConfig, SSLModel
-from ._heads import embedding_std, pooled, projector
+from ._heads import pooled, projector
 
 
 @dataclass

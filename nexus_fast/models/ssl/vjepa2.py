@@ -39,10 +39,11 @@ from torch import Tensor
 
 from ... import ops
 from ...config import require
+from ...eval.collapse import embedding_std
 from ...masking import TubeMask, vjepa2_tube_masks
 from ..vit import VisionTransformer
 from ._base import EncoderConfig, SSLModel, frozen_copy
-from ._heads import embedding_std, pooled
+from ._heads import pooled
 from ._predictor import JEPAPredictor, check_momentum_range, linear_momentum, official_init_
 
 # The mask generators, in the order vjepa2_tube_masks returns them; each has its mask token.
