@@ -1,0 +1,199 @@
+"""Per-method recipes for the built-in data sets: the model at the CPU size, the optimisation
+defaults, the training views, and the function that turns a step's sample indices into the
+model's inputs.
+
+The official hyperparameters (METHODS.md) are for ImageNet at batch 1024-4096 over hundreds of
+epochs; here a run is a few hundred steps of batch 256 on 28 x 28 greyscale silhouettes (moving
+32 x 32 clips for V-JEPA 2). What is scaled, and why:
+- the encoder: a ViT of width 128, depth 4, 4 heads, patch 4 (7 x 7 = 49 patches; patch 7 leaves
+  a 4 x 4 grid, too coarse for block masks), mean-pooled features for the methods whose official
+  evaluation pools (MAE, the JEPAs, data2vec 2.0) and the cls token for the others;
+- learning rates: AdamW at 1e-3 to 2e-3 with a short warmup (the official base lr x batch / 256
+  rules give 1e-4-scale rates tuned for 100+ epochs; a short run needs a larger step);
+- teacher momentum: starts at 0.99 rather than 0.996-0.9999 (the teacher must move within a
+  few hundred steps);
+- Barlow Twins and VICReg: LARS as in the official code is available (`--set optimizer=lars`);
+  the default is AdamW, which trains ViTs better at this size (see docs/results.md);
+- augmentations: the official recipes scaled to the image size (nexus_fast.data.views), with the
+  images normalised by mean 0.5, std 0.5 as the evaluation does.
+"""
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ..data.augment import augment, augment_clip, multi_crop, two_views
+from ..data.views import CropSpec, method_views
+from ..models import ssl
+
+METHODS = ("mae", "ijepa", "vjepa2", "dinov2", "data2vec2", "barlow_twins", "vicreg")
+# Pixels are mapped from [0, 1] to [-1, 1] for training and evaluation alike.
+PIXEL_MEAN, PIXEL_STD = 0.5, 0.5
+
+_ENCODER = {
+    "img_size": 28,
+    "in_chans": 1,
+    "patch_size": 4,
+    "encoder_dim": 128,
+    "encoder_depth": 4,
+    "encoder_heads": 4,
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What `nexus-fast pretrain --method M` trains by default.
+
+    Attributes:
+        method: the method's name.
+        model_class: the SSL model class.
+        model: the model config's overrides (merged over the class defaults).
+        train: TrainConfig overrides.
+        video: whether the method trains on clips (moving shapes) instead of images.
+    """
+
+    method: str
+    model_class: type
+    model: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    video: bool = False
+
+
+def _recipe(method: str, model_class: type, model: dict, train: dict, video: bool = False):
+    common = {"steps": 300, "batch_size": 256, "warmup_steps": 30, "steps_per_epoch": 31}
+    return Recipe(method, model_class, {**_ENCODER, **model}, {**common, **train}, video)
+
+
+RECIPES: dict[str, Recipe] = {
+    "mae": _recipe(
+        "mae",
+        ssl.MAE,
+        {"decoder_dim": 64, "decoder_depth": 2, "decoder_heads": 4, "pool": "mean"},
+        {"lr": 2e-3, "weight_decay": 0.05, "betas": (0.9, 0.95)},
+    ),
+    "data2vec2": _recipe(
+        "data2vec2",
+        ssl.Data2VecModel,
+        {
+            "decoder_dim": 64,
+            "decoder_layers": 2,
+            "clone_batch": 4,
+            "average_top_k_layers": 4,
+            "ema_decay": 0.99,
+            "ema_end_decay": 0.9999,
+            "ema_anneal_end_step": 300,
+            "mask_block_size": 2,
+        },
+        {"lr": 2e-3, "weight_decay": 0.05, "betas": (0.9, 0.95), "clip_grad": 4.0},
+    ),
+    "ijepa": _recipe(
+        "ijepa",
+        ssl.JEPAModel,
+        {"predictor_dim": 64, "predictor_depth": 2, "min_keep": 4, "ema_momentum": (0.99, 1.0)},
+        {"lr": 2e-3, "weight_decay": 0.04, "weight_decay_end": 0.4},
+    ),
+    "vjepa2": _recipe(
+        "vjepa2",
+        ssl.VJEPAModel,
+        {
+            "img_size": 32,
+            "patch_size": 8,
+            "num_frames": 8,
+            "tubelet": 2,
+            "predictor_dim": 64,
+            "predictor_depth": 2,
+            "predictor_heads": 4,
+            "ema_momentum": (0.99, 1.0),
+        },
+        {"lr": 1e-3, "weight_decay": 0.04, "batch_size": 64, "steps_per_epoch": 125},
+        video=True,
+    ),
+    "dinov2": _recipe(
+        "dinov2",
+        ssl.DINOv2Model,
+        {
+            "local_crop_size": 12,
+            "local_crops_number": 4,
+            "dino_prototypes": 1024,
+            "dino_hidden_dim": 512,
+            "dino_bottleneck_dim": 128,
+            "ibot_prototypes": 1024,
+            "ibot_hidden_dim": 512,
+            "ibot_bottleneck_dim": 128,
+        },
+        {"lr": 1e-3, "weight_decay": 0.04, "weight_decay_end": 0.2, "clip_grad": 3.0},
+    ),
+    "barlow_twins": _recipe(
+        "barlow_twins",
+        ssl.BarlowTwinsModel,
+        {"projector_dims": (512, 512, 512)},
+        {"lr": 2e-3, "weight_decay": 0.05},
+    ),
+    "vicreg": _recipe(
+        "vicreg",
+        ssl.VICRegModel,
+        {"expander_dims": (512, 512, 512)},
+        {"lr": 2e-3, "weight_decay": 0.05},
+    ),
+}
+
+
+def get_recipe(method: str) -> Recipe:
+    """The recipe of a method; ValueError naming the allowed methods otherwise."""
+    if method not in RECIPES:
+        raise ValueError(f"method={method!r} is not allowed: one of {', '.join(METHODS)}")
+    return RECIPES[method]
+
+
+def training_views(recipe: Recipe, model: nn.Module):
+    """The method's official views at the model's image size, normalised as the evaluation is."""
+    config = model.config
+    views = method_views(
+        recipe.method,
+        config.img_size,
+        local_size=getattr(config, "local_crop_size", None),
+        n_local=getattr(config, "local_crops_number", 8),
+        patch_size=config.patch_size,
+    )
+    channels = config.in_chans
+
+    def normalised(spec: CropSpec | None) -> CropSpec | None:
+        if spec is None:
+            return None
+        return dataclasses.replace(
+            spec, mean=(PIXEL_MEAN,) * channels, std=(PIXEL_STD,) * channels
+        )
+
+    return dataclasses.replace(
+        views,
+        views=tuple(normalised(spec) for spec in views.views),
+        local=normalised(views.local),
+    )
+
+
+def make_inputs(
+    recipe: Recipe, model: nn.Module, data: Tensor, device: torch.device
+) -> Callable[[Tensor, torch.Generator], tuple[tuple, dict]]:
+    """The Trainer's `inputs`: the augmented views of the samples at `indices` of `data` (uint8
+    images (N, C, H, W) or clips (N, C, T, H, W), kept on `device`), drawn from the step's
+    generator."""
+    views = training_views(recipe, model)
+    data = data.to(device)
+
+    def inputs(indices: Tensor, generator: torch.Generator) -> tuple[tuple, dict]:
+        batch = data[indices.to(device)]
+        if recipe.video:
+            return (augment_clip(batch, views.views[0], generator),), {}
+        if recipe.method in ("barlow_twins", "vicreg"):
+            return two_views(batch, views.views, generator), {}
+        if recipe.method == "dinov2":
+            global_crops, local_crops = multi_crop(
+                batch, views.views, views.local, views.n_local, generator
+            )
+            return (global_crops, local_crops), {}
+        return (augment(batch, views.views[0], generator),), {}
+
+    return inputs
