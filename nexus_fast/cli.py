@@ -56,7 +56,9 @@ def _eval(args: argparse.Namespace) -> int:
         args.checkpoint, protocols=[args.protocol], dataset=args.dataset, device=args.device
     )
     for name, value in scores.items():
-        print(f"{name}: {100 * value:.1f}%" if name in ("knn", "linear") else f"{name}: {value:.4g}")
+        print(
+            f"{name}: {100 * value:.1f}%" if name in ("knn", "linear") else f"{name}: {value:.4g}"
+        )
     return 0
 
 

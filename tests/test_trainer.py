@@ -252,5 +252,8 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
             actual = torch.cat([g.flatten() for g in actual])
             error = (actual - expected).norm() / expected.norm()
             assert error < (1e-4 if step == 0 else 1e-2), (step, float(error))
-        for a, b in zip(one[1], statistics):
-            torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-3)
+        # The global batch norm's running statistics: the mean and variance over the global
+        # batch, which a per-rank batch norm would miss by far more than this.
+        for expected, actual in zip(one[1], statistics):
+            error = (actual - expected).norm() / expected.norm()
+            assert error < 1e-2, float(error)

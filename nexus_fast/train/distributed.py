@@ -152,9 +152,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     @torch.no_grad()
     def _update_running_stats(self, mean: Tensor, var: Tensor, count: int) -> None:
         self.num_batches_tracked.add_(1)
-        momentum = (
-            1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        )
+        momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         unbiased = var * count / max(count - 1, 1)
         self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
         self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
@@ -217,9 +215,7 @@ def load_model_state(network: nn.Module, weights: dict[str, Tensor]) -> None:
     set_model_state_dict(unwrap(network), weights, options=options)
 
 
-def load_optimizer_state(
-    network: nn.Module, optimizer: torch.optim.Optimizer, state: dict
-) -> None:
+def load_optimizer_state(network: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Loads an optimizer state saved by `optimizer_state` (every rank holds it)."""
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
@@ -256,7 +252,9 @@ def step_batch_indices(
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples} is not allowed: a data set of >= 1 sample")
     share = batch_size // world_size
-    positions = torch.arange(step * batch_size + rank * share, step * batch_size + (rank + 1) * share)
+    positions = torch.arange(
+        step * batch_size + rank * share, step * batch_size + (rank + 1) * share
+    )
     epochs = positions // num_samples
     indices = torch.empty_like(positions)
     for epoch in epochs.unique().tolist():

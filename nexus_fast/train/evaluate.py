@@ -51,7 +51,12 @@ def evaluate_checkpoint(
         if protocol not in allowed:
             raise ValueError(f"protocol={protocol!r} is not allowed: one of {allowed}")
     model, run = load_trained_model(checkpoint)
-    split = load_dataset(dataset or run.get("dataset", "animal-shapes"), get_recipe(run["method"]).video)
+    split = load_dataset(
+        dataset or run.get("dataset", "animal-shapes"),
+        get_recipe(run["method"]).video,
+        size=model.config.img_size,
+        channels=model.config.in_chans,
+    )
     target = _device(device)
     torch.manual_seed(0)
     scores = score(model.to(target), split, target, linear="linear" in protocols)

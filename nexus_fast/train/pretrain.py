@@ -37,9 +37,10 @@ class Split:
     test_labels: Tensor
 
 
-def load_dataset(name: str, video: bool) -> Split:
+def load_dataset(name: str, video: bool, *, size: int = 28, channels: int = 1) -> Split:
     """The built-in data sets: "animal-shapes" (images), and its moving-shapes clips for video
-    methods; or a folder path (one sub-folder per class)."""
+    methods; or a folder path (one sub-folder per class), its images decoded with `channels`
+    (1 greyscale, 3 RGB) and resized to `size` px (the model's in_chans and img_size)."""
     if video:
         from ..data.moving_shapes import moving_shapes_split
 
@@ -55,10 +56,10 @@ def load_dataset(name: str, video: bool) -> Split:
         test_images, test_labels = animal_shapes_split("test")
         # Silhouettes are (N, 28, 28): one channel.
         return Split(train_images[:, None], train_labels, test_images[:, None], test_labels)
-    return _folder_split(Path(name))
+    return _folder_split(Path(name), size, channels)
 
 
-def _folder_split(root: Path) -> Split:
+def _folder_split(root: Path, size: int, channels: int) -> Split:
     from ..data.folders import ImageFolder
 
     if not root.is_dir():
@@ -67,10 +68,14 @@ def _folder_split(root: Path) -> Split:
             "sub-folder per class (optionally train/ and test/ sub-folders)"
         )
     if (root / "train").is_dir() and (root / "test").is_dir():
-        train_images, train_labels = ImageFolder(root / "train", size=28).load_all()
-        test_images, test_labels = ImageFolder(root / "test", size=28).load_all()
+        train_images, train_labels = ImageFolder(
+            root / "train", size=size, channels=channels
+        ).load_all()
+        test_images, test_labels = ImageFolder(
+            root / "test", size=size, channels=channels
+        ).load_all()
         return Split(train_images, train_labels, test_images, test_labels)
-    images, labels = ImageFolder(root, size=28).load_all()
+    images, labels = ImageFolder(root, size=size, channels=channels).load_all()
     order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(0))
     cut = int(0.8 * images.shape[0])
     return Split(images[order[:cut]], labels[order[:cut]], images[order[cut:]], labels[order[cut:]])
@@ -79,6 +84,7 @@ def _folder_split(root: Path) -> Split:
 def score(model: nn.Module, split: Split, device: torch.device, *, linear: bool) -> dict:
     """kNN (and, when `linear`, linear-probe) top-1 on the test split of the model's `encode`
     features, with the collapse indicators of the test features."""
+
     def features(data: Tensor) -> Tensor:
         return extract_features(
             model, data, normalize=(PIXEL_MEAN, PIXEL_STD), batch_size=500, device=device
@@ -86,7 +92,7 @@ def score(model: nn.Module, split: Split, device: torch.device, *, linear: bool)
 
     train, test = features(split.train), features(split.test)
     scores = {
-        "knn": knn_accuracy(train, split.train_labels, test, split.test_labels),
+        "knn": knn_accuracy(train, split.train_labels, test, split.test_labels, k=_k(split)),
         "embedding_std": float(embedding_std(test)),
         "effective_rank": float(effective_rank(test)),
     }
@@ -102,24 +108,41 @@ def raw_pixel_knn(split: Split) -> float:
     train = split.train.flatten(1).float()
     mean = train.mean(dim=0)
     test = split.test.flatten(1).float()
-    return knn_accuracy(train - mean, split.train_labels, test - mean, split.test_labels)
+    return knn_accuracy(
+        train - mean, split.train_labels, test - mean, split.test_labels, k=_k(split)
+    )
+
+
+def _k(split: Split) -> int:
+    """k = 20 (the protocol), unless a small folder data set has fewer training images."""
+    return min(20, split.train.shape[0] - 1)
 
 
 def build_run(method: str, overrides: dict | None = None) -> tuple[Any, nn.Module, TrainConfig]:
     """(recipe, model, train config) of a method with `overrides`: keys "model.<field>" go to
-    the model's config, the others to TrainConfig. Unknown keys raise ValueError listing the
+    the model's config, "view.<field>" and "local.<field>" to the augmentation (CropSpec) of the
+    global and local views, the others to TrainConfig. Unknown keys raise ValueError listing the
     valid ones."""
     recipe = get_recipe(method)
     model_values, train_values = dict(recipe.model), dict(recipe.train)
+    view_values, local_values = dict(recipe.view), dict(recipe.local_view)
     for key, value in (overrides or {}).items():
         if key.startswith("model."):
             model_values[key.removeprefix("model.")] = value
+        elif key.startswith("view."):
+            view_values[key.removeprefix("view.")] = value
+        elif key.startswith("local."):
+            local_values[key.removeprefix("local.")] = value
         else:
             train_values[key] = value
+    recipe = dataclasses.replace(recipe, view=view_values, local_view=local_values)
     try:
         train_config = build_config(TrainConfig, train_values)
     except ValueError as error:
-        raise ValueError(f"{error} (or model.<field> for the model's config)") from None
+        raise ValueError(
+            f"{error} (or model.<field> for the model's config, view.<field> or local.<field>"
+            " for the augmentation)"
+        ) from None
     model_values = _scaled_model_values(recipe, model_values, train_config)
     try:
         model_config = build_config(recipe.model_class.config_class, model_values)
@@ -150,10 +173,12 @@ def pretrain(
     {"method", "steps", "minutes", "random_init": scores, "pretrained": scores,
     "raw_pixels_knn"} (scores: knn, linear, embedding_std, effective_rank)."""
     out_dir = Path(out_dir)
-    split = load_dataset(dataset, get_recipe(method).video)
     seed = int((overrides or {}).get("seed", TrainConfig.seed))
     torch.manual_seed(seed)  # the initialisation depends on the run's seed only
     recipe, model, config = build_run(method, overrides)
+    split = load_dataset(
+        dataset, recipe.video, size=model.config.img_size, channels=model.config.in_chans
+    )
     trainer = Trainer(
         model,
         config,
@@ -191,7 +216,9 @@ def pretrain(
         if method == "mae":
             from .reconstructions import plot_reconstructions
 
-            plot_reconstructions(model, split.test[:8], out_dir / "reconstructions.png", device=trainer.device)
+            plot_reconstructions(
+                model, split.test[:8], out_dir / "reconstructions.png", device=trainer.device
+            )
     return results
 
 
@@ -203,9 +230,12 @@ def _device(device: str | None) -> torch.device:
 
 def summary(results: dict) -> str:
     """The lines the command prints at the end of a run."""
+
     def percent(value: float | None) -> str:
-        return "  n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else (
-            f"{100 * value:5.1f}%"
+        return (
+            "  n/a"
+            if value is None or (isinstance(value, float) and math.isnan(value))
+            else (f"{100 * value:5.1f}%")
         )
 
     pre, rand = results["pretrained"], results["random_init"] or {}

@@ -53,6 +53,9 @@ class Recipe:
         model: the model config's overrides (merged over the class defaults).
         train: TrainConfig overrides.
         video: whether the method trains on clips (moving shapes) instead of images.
+        view: CropSpec overrides applied to every global view of the method's official recipe
+            (`--set view.scale=(0.3,1.0)`).
+        local_view: CropSpec overrides for DINOv2's local crops (`--set local.scale=...`).
     """
 
     method: str
@@ -60,11 +63,29 @@ class Recipe:
     model: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
     video: bool = False
+    view: dict = field(default_factory=dict)
+    local_view: dict = field(default_factory=dict)
 
 
-def _recipe(method: str, model_class: type, model: dict, train: dict, video: bool = False):
+def _recipe(
+    method: str,
+    model_class: type,
+    model: dict,
+    train: dict,
+    video: bool = False,
+    view: dict | None = None,
+    local_view: dict | None = None,
+) -> Recipe:
     common = {"steps": 300, "batch_size": 256, "warmup_steps": 30, "steps_per_epoch": 31}
-    return Recipe(method, model_class, {**_ENCODER, **model}, {**common, **train}, video)
+    return Recipe(
+        method,
+        model_class,
+        {**_ENCODER, **model},
+        {**common, **train},
+        video,
+        view or {},
+        local_view or {},
+    )
 
 
 RECIPES: dict[str, Recipe] = {
@@ -160,17 +181,25 @@ def training_views(recipe: Recipe, model: nn.Module):
     )
     channels = config.in_chans
 
-    def normalised(spec: CropSpec | None) -> CropSpec | None:
+    def normalised(spec: CropSpec | None, changes: dict) -> CropSpec | None:
         if spec is None:
             return None
-        return dataclasses.replace(
-            spec, mean=(PIXEL_MEAN,) * channels, std=(PIXEL_STD,) * channels
-        )
+        try:
+            return dataclasses.replace(
+                spec, **changes, mean=(PIXEL_MEAN,) * channels, std=(PIXEL_STD,) * channels
+            )
+        except TypeError:
+            allowed = sorted(f.name for f in dataclasses.fields(CropSpec))
+            unknown = sorted(set(changes) - set(allowed))
+            raise ValueError(
+                f"view settings {unknown} are not allowed: view.<field> or local.<field> with "
+                f"a field of {', '.join(allowed)}"
+            ) from None
 
     return dataclasses.replace(
         views,
-        views=tuple(normalised(spec) for spec in views.views),
-        local=normalised(views.local),
+        views=tuple(normalised(spec, recipe.view) for spec in views.views),
+        local=normalised(views.local, recipe.local_view),
     )
 
 

@@ -49,4 +49,3 @@ def plot_reconstructions(
     path = Path(path)
     figure.savefig(path, bbox_inches="tight")
     return path
-

@@ -15,7 +15,7 @@ from .recipes import get_recipe
 
 
 def parse_assignment(text: str) -> tuple[str, object]:
-    """"key=value" -> (key, value), the value read as a Python literal when it is one.
+    """ "key=value" -> (key, value), the value read as a Python literal when it is one.
 
     Raises:
         ValueError: no "=" or an empty key.

@@ -201,7 +201,11 @@ class Trainer:
                     if board is not None:
                         board.write("train", self.step, {**record, **record["metrics"]})
                 losses, started, images_since = [], time.perf_counter(), 0
-            if config.eval_every and self.step % config.eval_every == 0 and self.step < config.steps:
+            if (
+                config.eval_every
+                and self.step % config.eval_every == 0
+                and self.step < config.steps
+            ):
                 results["eval"] = self._evaluate(history, board)
             if self.step % config.checkpoint_every == 0 and self.step < config.steps:
                 self._checkpoint(history)
@@ -314,8 +318,13 @@ class Trainer:
             return {}
         metrics = self.evaluate(self.model, self.step)
         if self.rank == 0:
-            history.write({"step": self.step, "epoch": self.step / self.config.steps_per_epoch,
-                           "eval": metrics})
+            history.write(
+                {
+                    "step": self.step,
+                    "epoch": self.step / self.config.steps_per_epoch,
+                    "eval": metrics,
+                }
+            )
             if board is not None:
                 board.write("eval", self.step, metrics)
         return metrics
