@@ -1,6 +1,7 @@
 """Pieces several methods share: the BatchNorm MLP projector (Barlow Twins, VICReg) and the
 pooling of encoder features."""
 
+import torch
 from torch import Tensor, nn
 
 from ..vit import ViTFeatures
@@ -22,9 +23,13 @@ def projector(in_dim: int, dims: tuple[int, ...], hidden_bias: bool) -> nn.Seque
 
 
 def pooled(features: ViTFeatures, pool: str) -> Tensor:
-    """(B, D): the cls token, or the mean of the patch tokens."""
+    """(B, D): the cls token or the mean of the patch tokens; (B, 2D) for "cls+mean", both."""
+    if pool in ("cls", "cls+mean") and features.cls is None:
+        raise ValueError(f"pool={pool!r} needs an encoder with a cls token")
     if pool == "cls":
-        if features.cls is None:
-            raise ValueError("pool='cls' needs an encoder with a cls token")
         return features.cls
-    return features.patch_tokens.mean(dim=1)
+    if pool == "mean":
+        return features.patch_tokens.mean(dim=1)
+    if pool == "cls+mean":
+        return torch.cat([features.cls, features.patch_tokens.mean(dim=1)], dim=-1)
+    raise ValueError(f"pool={pool!r} is not allowed: 'cls', 'mean' or 'cls+mean'")

@@ -65,6 +65,7 @@ from ...masking import BlockMask, block_mask
 from ..vit import VisionTransformer
 from ._base import EncoderConfig, SSLModel, frozen_copy
 from ._dino_head import DINOHead
+from ._heads import pooled
 
 # The released DINOv2 sizes, as overrides of DINOv2Config (DINOv2Model.preset("official",
 # **OFFICIAL_SIZES["vitg14"])). ViT-L/14 and ViT-g/14 follow dinov2/configs/train/vitl14.yaml and
@@ -108,6 +109,9 @@ class DINOv2Config(EncoderConfig):
     Crops (what the data pipeline makes; see `crop_shapes`): 2 global crops of img_size and
     local_crops_number local crops of local_crop_size (96 officially; 98 with patch 14).
     encode_with: the network `encode` runs (DINOv2 evaluates the teacher).
+    pool: the feature `encode` returns: "cls" (x_norm_clstoken, DINOv2's kNN feature), "mean"
+        (the patch tokens' mean) or "cls+mean" (both concatenated, DINOv2's linear-probe
+        feature).
     gather: centering, Sinkhorn-Knopp and KoLeo over the global batch under torch.distributed.
     """
 
@@ -142,6 +146,7 @@ class DINOv2Config(EncoderConfig):
     local_crops_number: int = 8
     local_crop_size: int = 98
     encode_with: Literal["teacher", "student"] = "teacher"
+    pool: Literal["cls", "mean", "cls+mean"] = "cls"
     gather: bool = True
 
     def validate(self) -> None:
@@ -402,9 +407,10 @@ class DINOv2Model(SSLModel):
         return network["backbone"]
 
     def encode(self, x: Tensor) -> Tensor:
-        """The evaluation features (B, D): the teacher's (or, with encode_with="student", the
-        student's) cls token after the final LayerNorm (DINOv2's x_norm_clstoken)."""
-        return self.encoder.forward_features(x).cls
+        """The evaluation features (B, D), or (B, 2D) for pool="cls+mean": the teacher's (or,
+        with encode_with="student", the student's) cls token after the final LayerNorm (DINOv2's
+        x_norm_clstoken), the mean of its patch tokens, or both."""
+        return pooled(self.encoder.forward_features(x), self.config.pool)
 
     # --- one training step --------------------------------------------------------------------
 
