@@ -159,7 +159,8 @@ def method_cases(name: str, cls, batch: int, device: str, roofline: float | None
     """The nexus and plain Cases of one step of a method (one model, shared by both)."""
     torch.manual_seed(0)
     config = cls.preset("official" if device == "cuda" else "tiny")
-    model = cls(config).to(device).train()
+    with torch.device(device):  # initialised in place: a ViT-H on the CPU takes seconds
+        model = cls(config).train()
     inputs = _inputs(name, model, batch, device)
     step = _step_fn(model, inputs, device)
     parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -182,7 +183,13 @@ def cases(device: str, quick: bool) -> list[Case]:
     if roofline is not None:
         print(f"  bf16 matmul rate of this GPU: {roofline:.0f} TFLOP/s (the MFU roofline)")
     result = []
-    for name, cls in METHODS.items():
+    # NEXUS_FAST_BENCH_METHODS="dinov2 vicreg" limits the run to some methods (a short GPU lease).
+    chosen = os.environ.get("NEXUS_FAST_BENCH_METHODS", "").split() or list(METHODS)
+    unknown = [name for name in chosen if name not in METHODS]
+    if unknown:
+        raise ValueError(f"NEXUS_FAST_BENCH_METHODS: unknown {unknown}; allowed: {list(METHODS)}")
+    for name in chosen:
+        cls = METHODS[name]
         batch = GPU_BATCH[name] if device == "cuda" else (16 if quick else 64)
         result += method_cases(name, cls, batch, device, roofline)
     return result

@@ -75,8 +75,8 @@ for name in "${steps[@]}"; do
     tests)
       # The files holding GPU and Triton tests (the other files need packages the image lacks).
       files=$(grep -lE "mark\.(gpu|interpret)|triton_device" tests/test_*.py)
-      step gpu-tests 200 $PY -m pytest -q -rfE -m "gpu or interpret" -p no:cacheprovider \
-        -n 16 --timeout 120 $files
+      step gpu-tests 240 $PY -m pytest -q -rfE -m "gpu or interpret" -p no:cacheprovider \
+        -v -n 16 --timeout 120 $files
       ;;
     train)
       # The trainer on the GPU in bf16: the README's job with the CUDA device (animal-shapes
