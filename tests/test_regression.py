@@ -107,12 +107,14 @@ def test_data2vec_targets_are_the_official_targets(backend, dtype, triton_device
 
 
 def _official_data2vec_loss(pred, targets, mask, clones, cls_pred):
-    """fairseq data2vec2.py: targets repeated per clone, MSE summed over D, scaled by 1/sqrt(D)."""
+    """fairseq data2vec2.py: targets repeated per clone, MSE summed over D, scaled by 1/sqrt(D).
+    fairseq casts the prediction with .float(); this oracle runs in the targets' float64 instead
+    (a float32 / float64 mse_loss has no CUDA backward in torch 2.11: seen on the H200)."""
     scale = 1 / pred.size(-1) ** 0.5
     y = targets.repeat_interleave(clones, 0)
-    reg = F.mse_loss(pred[mask].float(), y[mask], reduction="none").sum(dim=-1) * scale
+    reg = F.mse_loss(pred[mask].to(y.dtype), y[mask], reduction="none").sum(dim=-1) * scale
     cls_target = targets.mean(dim=1).repeat_interleave(clones, 0)
-    cls = F.mse_loss(cls_pred.float(), cls_target, reduction="none").sum(dim=-1) * scale
+    cls = F.mse_loss(cls_pred.to(y.dtype), cls_target, reduction="none").sum(dim=-1) * scale
     # The criterion divides every loss by sample_size; the cls loss was scaled by it first.
     return reg.sum() / mask.sum() + 0.01 * cls.sum()
 

@@ -44,17 +44,18 @@ class Backend:
     input_reasons: Callable[..., list[str]] = field(default=lambda *args: [])
     automatic_reasons: Callable[..., list[str]] = field(default=lambda *args: [])
 
-    def reasons(self, *args: Any) -> list[str]:
-        unavailable = _machine_reason(self)
-        return [unavailable] if unavailable is not None else self.input_reasons(*args)
+
+# Every operator's backends by (operator name, backend name), for _machine_reason.
+_BACKENDS: dict[tuple[str, str], Backend] = {}
 
 
 # What a machine can run does not change while a process lives, so torch.compile evaluates it once
 # while tracing and keeps the answer as a constant (the checks query the dispatcher and CUDA,
-# which Dynamo cannot trace).
+# which Dynamo cannot trace). The arguments are strings: torch 2.11's Dynamo cannot pass a
+# frozen dataclass to an assume_constant_result function (seen on the H200).
 @torch.compiler.assume_constant_result
-def _machine_reason(backend: Backend) -> str | None:
-    return backend.machine_reason()
+def _machine_reason(op_name: str, backend_name: str) -> str | None:
+    return _BACKENDS[(op_name, backend_name)].machine_reason()
 
 
 def forced_backend(op_name: str, all_names: frozenset[str]) -> str | None:
@@ -88,6 +89,13 @@ class Operator:
     def __init__(self, name: str, backends: Sequence[Backend]) -> None:
         self.name = name
         self.backends = tuple(backends)
+        for backend in self.backends:
+            _BACKENDS[(name, backend.name)] = backend
+
+    def reasons(self, backend: Backend, *args: Any) -> list[str]:
+        """Why `backend` cannot run `args` here (the machine first, then the inputs)."""
+        unavailable = _machine_reason(self.name, backend.name)
+        return [unavailable] if unavailable is not None else backend.input_reasons(*args)
 
     @property
     def backend_names(self) -> tuple[str, ...]:
@@ -106,7 +114,7 @@ class Operator:
         forced = backend if backend is not None else forced_backend(self.name, _all_names())
         if forced is not None and (backend is not None or forced in self.backend_names):
             chosen = self.backend(forced)
-            reasons = chosen.reasons(*args)
+            reasons = self.reasons(chosen, *args)
             if reasons:
                 source = "backend=" if backend is not None else f"{BACKEND_ENV}="
                 raise BackendError(
@@ -115,7 +123,7 @@ class Operator:
             return chosen
         rejected = []
         for candidate in self.backends:
-            reasons = candidate.reasons(*args) or candidate.automatic_reasons(*args)
+            reasons = self.reasons(candidate, *args) or candidate.automatic_reasons(*args)
             if not reasons:
                 return candidate
             rejected.append(f"  {candidate.name}: {'; '.join(reasons)}")

@@ -92,11 +92,13 @@ def data2vec_loss(
         the sum over rows of sum_d (cls_pred - mean_l target)^2 / sqrt(D).
     """
     scale = 1.0 / math.sqrt(pred.shape[-1])
+    # At least float32, and float64 stays float64 (the tests' exact oracle).
+    dtype = torch.promote_types(torch.promote_types(pred.dtype, targets.dtype), torch.float32)
     repeated = targets.repeat_interleave(num_clones, dim=0)
-    errors = F.mse_loss(pred[mask].float(), repeated[mask].float(), reduction="none").sum(dim=-1)
+    errors = F.mse_loss(pred[mask].to(dtype), repeated[mask].to(dtype), reduction="none").sum(-1)
     loss = errors.sum() * scale / max(int(mask.sum()), 1)
     if cls_pred is not None:
-        cls_target = targets.float().mean(dim=1).repeat_interleave(num_clones, dim=0)
-        cls_errors = F.mse_loss(cls_pred.float(), cls_target, reduction="none").sum(dim=-1)
+        cls_target = targets.to(dtype).mean(dim=1).repeat_interleave(num_clones, dim=0)
+        cls_errors = F.mse_loss(cls_pred.to(dtype), cls_target, reduction="none").sum(dim=-1)
         loss = loss + cls_weight * cls_errors.sum() * scale
     return loss
