@@ -14,7 +14,7 @@ TINY = [
     "--set=model.encoder_dim=32",
     "--set=model.encoder_depth=1",
     "--set=model.encoder_heads=2",
-    "--set=model.projector_dims=(64, 64, 64)",
+    "--set=model.expander_dims=(64, 64, 64)",
     "--set=batch_size=8",
     "--set=warmup_steps=0",
 ]
@@ -110,7 +110,7 @@ def test_pretrain_on_a_folder_then_eval_knn(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "random init" in printed and "kNN" in printed
     results = json.loads((run / "results.json").read_text())
-    assert results["steps"] == 2 and results["method"] == "barlow_twins"
+    assert results["steps"] == 2 and results["method"] == "vicreg"
     assert 0.0 <= results["pretrained"]["knn"] <= 1.0
     assert (run / "loss.png").is_file() and (run / "metrics.jsonl").is_file()
 
