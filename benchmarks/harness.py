@@ -275,11 +275,13 @@ def write_results(
     baseline: str | tuple[str, ...],
     out_dir: Path | None = None,
     log_scale: bool = True,
+    plot: Callable[[str, list[Measurement], Path], None] | None = None,
 ) -> Path:
     """Writes <benchmark>_<machine>_<date>.{json,md,png}; returns the Markdown path.
 
     baseline: the provider (or, for a benchmark of several ops, one provider per op) that the
     "speed vs" column divides by, shape by shape.
+    plot: draws the PNG instead of the default bar chart (e.g. bench_scaling's log-log lines).
     """
     baseline = (baseline,) if isinstance(baseline, str) else tuple(baseline)
     env = environment()
@@ -291,7 +293,10 @@ def write_results(
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=1) + "\n")
     markdown = _markdown(benchmark, env, rows, baseline)
     stem.with_suffix(".md").write_text(markdown)
-    _plot(benchmark, rows, stem.with_suffix(".png"), log_scale)
+    if plot is not None:
+        plot(benchmark, rows, stem.with_suffix(".png"))
+    else:
+        _plot(benchmark, rows, stem.with_suffix(".png"), log_scale)
     print(markdown)
     return stem.with_suffix(".md")
 
@@ -302,6 +307,7 @@ def run_cases(
     baseline: str | tuple[str, ...],
     out_dir: Path | None = None,
     quick: bool = False,
+    plot: Callable[[str, list[Measurement], Path], None] | None = None,
 ) -> list[Measurement]:
     """Measures every case (interleaved per shape and mode), writes the results, returns them."""
     groups: dict[tuple[str, str], list[Case]] = {}
@@ -319,7 +325,7 @@ def run_cases(
             row = _measurement(benchmark, case, case_times)
             print(f"  {case.shape:<28} {case.mode:<8} {case.provider:<28} {row.median_ms:10.3f} ms")
             rows.append(row)
-    write_results(benchmark, rows, baseline, out_dir)
+    write_results(benchmark, rows, baseline, out_dir, plot=plot)
     return rows
 
 
@@ -348,6 +354,7 @@ def benchmark_main(
     cases: Callable[[str, bool], list[Case]],
     baseline: str | tuple[str, ...],
     description: str,
+    plot: Callable[[str, list[Measurement], Path], None] | None = None,
 ) -> Callable[[list[str] | None], int]:
     """The `main(argv)` of a benchmark module: --quick, --device and --out, as run.py passes."""
 
@@ -357,7 +364,7 @@ def benchmark_main(
         parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
         parser.add_argument("--out", default=None, help="results folder (default: results/)")
         args = parser.parse_args(argv)
-        run_cases(benchmark, cases(args.device, args.quick), baseline, args.out, args.quick)
+        run_cases(benchmark, cases(args.device, args.quick), baseline, args.out, args.quick, plot)
         return 0
 
     return main

@@ -25,6 +25,7 @@ BENCHMARKS = {
     "redundancy": "bench_redundancy",
     "dino": "bench_dino",
     "train_step": "bench_train_step",
+    "scaling": "bench_scaling",
 }
 
 
