@@ -51,14 +51,20 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from .train.evaluate import evaluate_checkpoint
+    from .train.settings import parse_assignment
 
+    if args.set and args.protocol != "finetune":
+        raise ValueError(f"--set is for `eval finetune` only, not `eval {args.protocol}`")
     scores = evaluate_checkpoint(
-        args.checkpoint, protocols=[args.protocol], dataset=args.dataset, device=args.device
+        args.checkpoint,
+        protocols=[args.protocol],
+        dataset=args.dataset,
+        device=args.device,
+        finetune_settings=dict(parse_assignment(text) for text in args.set),
     )
     for name, value in scores.items():
-        print(
-            f"{name}: {100 * value:.1f}%" if name in ("knn", "linear") else f"{name}: {value:.4g}"
-        )
+        percent = name in ("knn", "linear", "finetune")
+        print(f"{name}: {100 * value:.1f}%" if percent else f"{name}: {value:.4g}")
     return 0
 
 
@@ -122,10 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.set_defaults(handler=_user_errors(_pretrain))
 
     evaluate = commands.add_parser("eval", help="score a checkpoint's encoder")
-    evaluate.add_argument("protocol", choices=("knn", "linear"))
+    evaluate.add_argument("protocol", choices=("knn", "linear", "finetune"))
     evaluate.add_argument("--checkpoint", required=True, help="a run folder or a step_* folder")
     evaluate.add_argument("--dataset", default=None, help="default: the run's data set")
     evaluate.add_argument("--device", default=None)
+    evaluate.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a fine-tuning setting (FinetuneConfig: epochs, lr, layer_decay, drop_path, "
+        "label_smoothing, ...); repeatable",
+    )
     evaluate.set_defaults(handler=_user_errors(_eval))
     return parser
 

@@ -118,3 +118,11 @@ def test_pretrain_on_a_folder_then_eval_knn(tmp_path, capsys):
     printed = capsys.readouterr().out
     # The checkpoint's encoder is the trained one: the same kNN as at the end of the run.
     assert f"knn: {100 * results['pretrained']['knn']:.1f}%" in printed
+
+    finetune = ["eval", "finetune", "--checkpoint", str(run), "--device", "cpu"]
+    assert main([*finetune, "--set", "epochs=1", "--set", "batch_size=8"]) == 0
+    assert "finetune: " in capsys.readouterr().out
+    assert main([*finetune, "--set", "layer_decay=2"]) == 2
+    assert "layer_decay" in capsys.readouterr().err
+    assert main(["eval", "knn", "--checkpoint", str(run), "--set", "epochs=1"]) == 2
+    assert "for `eval finetune` only" in capsys.readouterr().err

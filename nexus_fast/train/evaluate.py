@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..config import build_config
+from ..eval.finetune import finetune, finetune_config
 from .checkpoint import latest_checkpoint, load_checkpoint
 from .pretrain import _device, load_dataset, score
 from .recipes import get_recipe
@@ -44,9 +45,11 @@ def evaluate_checkpoint(
     protocols: list[str],
     dataset: str | None = None,
     device: str | None = None,
+    finetune_settings: dict | None = None,
 ) -> dict[str, float]:
-    """kNN and/or linear-probe top-1 of a checkpoint's encoder on the test split."""
-    allowed = ("knn", "linear")
+    """kNN, linear-probe and/or fine-tuning top-1 of a checkpoint's encoder on the test split
+    (fine-tuning with FinetuneConfig(**finetune_settings))."""
+    allowed = ("knn", "linear", "finetune")
     for protocol in protocols:
         if protocol not in allowed:
             raise ValueError(f"protocol={protocol!r} is not allowed: one of {allowed}")
@@ -58,8 +61,17 @@ def evaluate_checkpoint(
         channels=model.config.in_chans,
     )
     target = _device(device)
+    config = finetune_config(finetune_settings or {})  # bad settings fail before any work
     torch.manual_seed(0)
-    scores = score(model.to(target), split, target, linear="linear" in protocols)
-    if "knn" not in protocols:
-        scores.pop("knn")
+    scores = {}
+    if "knn" in protocols or "linear" in protocols:
+        scores = score(model.to(target), split, target, linear="linear" in protocols)
+        if "knn" not in protocols:
+            scores.pop("knn")
+    if "finetune" in protocols:
+        tuned = finetune(
+            model, split.train, split.train_labels, split.test, split.test_labels, config,
+            device=target,
+        )  # fmt: skip
+        scores["finetune"] = tuned["top1"]
     return scores

@@ -113,6 +113,11 @@ class SSLModel(nn.Module):
         """The features used for evaluation (kNN, linear probe): (B, D)."""
         raise NotImplementedError
 
+    def evaluation_encoder(self) -> VisionTransformer:
+        """The ViT whose features `encode` returns: what fine-tuning unfreezes (`encoder` by
+        default; the EMA target encoder for the JEPAs)."""
+        return self.encoder
+
     # --- EMA teacher (I-JEPA, V-JEPA 2, DINOv2, data2vec 2.0) ----------------------------------
 
     def teacher_pairs(self) -> Iterator[tuple[nn.Module, nn.Module]]:

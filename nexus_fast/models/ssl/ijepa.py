@@ -253,6 +253,10 @@ class JEPAModel(SSLModel):
         }
         return loss, metrics
 
+    def evaluation_encoder(self) -> VisionTransformer:
+        """The target encoder: the one `encode` evaluates."""
+        return self.target_encoder
+
     def encode(self, images: Tensor) -> Tensor:
         """(B, D): the average pool of the target encoder's patch tokens (the official
         evaluation features)."""

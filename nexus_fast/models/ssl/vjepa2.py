@@ -269,6 +269,10 @@ class VJEPAModel(SSLModel):
         metrics["embedding_std"] = embedding_std(target_tokens.mean(dim=1))
         return loss, metrics
 
+    def evaluation_encoder(self) -> VisionTransformer:
+        """The target encoder: the one `encode` evaluates."""
+        return self.target_encoder
+
     def encode(self, video: Tensor) -> Tensor:
         """(B, D): the mean pool of the target encoder's tokens (the attentive probe of the
         official evaluation comes with the evaluation package)."""
