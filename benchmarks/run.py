@@ -26,6 +26,7 @@ BENCHMARKS = {
     "dino": "bench_dino",
     "train_step": "bench_train_step",
     "scaling": "bench_scaling",
+    "checkpointing": "bench_checkpointing",
 }
 
 

@@ -9,6 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ... import ops
 from ...layers import Block, interpolate_pos_embed, sincos_pos_embed
@@ -33,6 +34,7 @@ class MAEDecoder(nn.Module):
         grid: the patch grid the position table is built for, (h, w) or (t, h, w).
         patch_volume: t*p*p*C, the values predicted per patch.
         norm_eps: of every LayerNorm (1e-6, as the official `partial(nn.LayerNorm, eps=1e-6)`).
+        grad_checkpointing: recompute each block in the backward pass (saves activations).
         device: where to build the parameters ("meta": without memory, uninitialised).
     """
 
@@ -46,10 +48,12 @@ class MAEDecoder(nn.Module):
         grid: tuple[int, ...],
         patch_volume: int,
         norm_eps: float = 1e-6,
+        grad_checkpointing: bool = False,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         self.grid = tuple(grid)
+        self.grad_checkpointing = grad_checkpointing
         self.embed = nn.Linear(encoder_dim, decoder_dim, device=device)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim, device=device))
         self.pos_embed = nn.Parameter(
@@ -104,7 +108,7 @@ class MAEDecoder(nn.Module):
         patches = ops.scatter_tokens(tokens[:, 1:], ids_restore, self.mask_token)  # (B, L, Dd)
         x = torch.cat([tokens[:, :1], patches], dim=1) + self.positions(grid).to(tokens.dtype)
         for block in self.blocks:
-            x = block(x)
+            x = _run_block(block, x, self.grad_checkpointing and self.training)
         # Norm and projection are per token: dropping the cls token first spares its row.
         return self.pred(self.norm(x)[:, 1:])
 
@@ -141,6 +145,7 @@ class ConvDecoder2d(nn.Module):
         num_layers: convolution blocks (6 for ViT-B).
         kernel_size: odd (3 for ViT-B, 5 for ViT-L/H).
         groups: of every convolution (16); divides input_dim and decoder_dim.
+        grad_checkpointing: recompute each block in the backward pass (saves activations).
         device: where to build the parameters.
     """
 
@@ -151,9 +156,11 @@ class ConvDecoder2d(nn.Module):
         num_layers: int,
         kernel_size: int,
         groups: int,
+        grad_checkpointing: bool = False,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
+        self.grad_checkpointing = grad_checkpointing
         self.blocks = nn.ModuleList(
             nn.Sequential(
                 nn.Conv2d(
@@ -180,8 +187,16 @@ class ConvDecoder2d(nn.Module):
         x = x.transpose(1, 2).reshape(batch, dim, height, width)
         residual = x
         for block in self.blocks:
-            x = block(x)
+            x = _run_block(block, x, self.grad_checkpointing and self.training)
             if x.shape[1] == residual.shape[1]:
                 x = x + residual
             residual = x
         return self.proj(x.flatten(2).transpose(1, 2))
+
+
+def _run_block(block: nn.Module, x: Tensor, checkpointed: bool) -> Tensor:
+    """block(x), recomputed in the backward pass instead of stored when `checkpointed` (and a
+    gradient is being recorded)."""
+    if checkpointed and torch.is_grad_enabled():
+        return checkpoint(block, x, use_reentrant=False)
+    return block(x)

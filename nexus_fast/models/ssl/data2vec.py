@@ -167,6 +167,7 @@ class Data2VecModel(SSLModel):
             config.decoder_layers,
             config.decoder_kernel,
             config.decoder_groups,
+            grad_checkpointing=config.grad_checkpointing,
             device=device,
         )
         if device is None or torch.device(device).type != "meta":

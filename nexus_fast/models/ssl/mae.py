@@ -130,6 +130,7 @@ class MAE(SSLModel):
             encoder_config.grid,
             config.tubelet * config.patch_size**2 * config.in_chans,
             encoder_config.norm_eps,
+            grad_checkpointing=config.grad_checkpointing,
             device=device,
         )
         if device is None or torch.device(device).type != "meta":
