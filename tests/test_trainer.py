@@ -259,3 +259,23 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
         # mean and variance over the global batch, not over one rank's half.
         for expected, actual in zip(one[1], statistics):
             torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_collapsed_embeddings_warn_during_training(tmp_path):
+    """Every sample the same image: the embeddings are identical, and after the warmup the
+    trainer warns once with the remedies (nexus_fast.train.guards)."""
+    from nexus_fast.train.guards import TrainingWarning
+
+    same = torch.full((SAMPLES, 1, 8, 8), 0.5)
+    torch.manual_seed(0)
+    trainer = Trainer(
+        BarlowTwinsModel(MODEL),
+        _config(steps=4, checkpoint_every=100),
+        lambda indices, generator: ((same[indices], same[indices]), {}),
+        SAMPLES,
+        tmp_path,
+        device="cpu",
+        progress=False,
+    )
+    with pytest.warns(TrainingWarning, match="collapse at step 2"):
+        trainer.fit()

@@ -41,6 +41,7 @@ from .distributed import (
     unwrap,
     wrap_model,
 )
+from .guards import CollapseMonitor, check_statistics_batch
 from .logging import HISTORY_FILE, History, ProgressBar, TensorBoard, plot_history
 from .optim import build_optimizer, check_param_groups, default_param_groups
 from .schedules import cosine_schedule_with_warmup
@@ -138,6 +139,11 @@ class Trainer:
         self.wd_schedule = cosine_schedule_with_warmup(
             config.weight_decay, 0, config.steps, start_lr=config.weight_decay, final_lr=wd_end
         )
+        # Pitfall guards (guards.py): each warns once, on rank 0.
+        self._collapse = CollapseMonitor(after_step=max(config.warmup_steps, 1))
+        if self.rank == 0:
+            forward_batch = config.batch_size // (self.world_size * config.accumulation)
+            check_statistics_batch(self.model, forward_batch, self.world_size)
         self.step = 0
         self.skipped_steps = 0
         self._skipped_in_a_row = 0
@@ -197,6 +203,7 @@ class Trainer:
                 record = self._record(losses, grad_norm, images_since / max(elapsed, 1e-9))
                 bar.show(record["loss"], record["lr"], record["images_per_s"])
                 if self.rank == 0:
+                    self._collapse.update(self.step, record["metrics"])
                     history.write(record)
                     if board is not None:
                         board.write("train", self.step, {**record, **record["metrics"]})
