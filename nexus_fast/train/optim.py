@@ -2,10 +2,10 @@
 
 A parameter group is a dict in torch.optim's format ("params" and options) that may also carry
 `lr_scale` and `wd_scale`: the Trainer sets each group's learning rate to `schedule[step] *
-lr_scale` and its weight decay to `wd_schedule[step] * wd_scale` before every step. Recipes use
-them for per-group multipliers (DINOv2's layer-wise decay and patch-embedding x0.2, Barlow Twins'
-separate bias learning rate); the default groups use `wd_scale = 0` for the parameters that
-should not decay.
+lr_scale` and its weight decay to `wd_schedule[step] * wd_scale` before every step. They carry
+per-group multipliers such as DINOv2's layer-wise decay and patch-embedding x0.2 or Barlow
+Twins' separate bias learning rate, passed as `Trainer(param_groups=...)`; the built-in recipes
+use the default groups (`wd_scale = 0` for the parameters that should not decay, 1 otherwise).
 """
 
 from collections.abc import Iterable
