@@ -70,11 +70,17 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _user_errors(handler):
     """Bad input (an unknown key, an impossible value, a missing file) ends with its message
-    and exit status 2, as argparse's own errors do, instead of a traceback."""
+    and exit status 2, as argparse's own errors do, instead of a traceback; a run stopped by
+    the NaN guard ends with its message and status 1."""
 
     def run(args: argparse.Namespace) -> int:
+        from .train.trainer import NonFiniteLossError
+
         try:
             return handler(args)
+        except NonFiniteLossError as error:  # the run failed; its last good checkpoint is kept
+            print(f"nexus-fast {args.command}: training stopped: {error}", file=sys.stderr)
+            return 1
         except (ValueError, FileNotFoundError) as error:
             print(f"nexus-fast {args.command}: error: {error}", file=sys.stderr)
             return 2
@@ -131,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("protocol", choices=("knn", "linear", "finetune"))
     evaluate.add_argument("--checkpoint", required=True, help="a run folder or a step_* folder")
     evaluate.add_argument("--dataset", default=None, help="default: the run's data set")
-    evaluate.add_argument("--device", default=None)
+    evaluate.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: auto)")
     evaluate.add_argument(
         "--set",
         action="append",

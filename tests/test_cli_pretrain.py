@@ -119,6 +119,10 @@ def test_pretrain_on_a_folder_then_eval_knn(tmp_path, capsys):
     # The checkpoint's encoder is the trained one: the same kNN as at the end of the run.
     assert f"knn: {100 * results['pretrained']['knn']:.1f}%" in printed
 
+    # A new run into a used folder would mix two runs: refused, naming --resume and --out.
+    assert main([*argv, *TINY, "--no-linear", "--device", "cpu"]) == 2
+    assert "--resume" in capsys.readouterr().err
+
     finetune = ["eval", "finetune", "--checkpoint", str(run), "--device", "cpu"]
     assert main([*finetune, "--set", "epochs=1", "--set", "batch_size=8"]) == 0
     assert "finetune: " in capsys.readouterr().out

@@ -2,7 +2,7 @@
 wrapping, a batch norm over the global batch, gathering and loading full checkpoints, and the
 per-step sample indices of each rank.
 
-Single machine first: `torchrun --nproc-per-node N nexus-fast pretrain ...` sets RANK,
+Single machine first: `torchrun --nproc-per-node N -m nexus_fast.cli pretrain ...` sets RANK,
 LOCAL_RANK and WORLD_SIZE; `setup_distributed` joins the group (nccl on GPUs, gloo on CPUs).
 Without torchrun every function here is the single-process identity.
 """

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from ..config import build_config
 from ..data.animal_shapes import animal_shapes_split
 from ..eval import effective_rank, embedding_std, extract_features, knn_accuracy, linear_probe
+from .checkpoint import latest_checkpoint
 from .config import TrainConfig
 from .recipes import PIXEL_MEAN, PIXEL_STD, get_recipe, make_inputs
 from .trainer import Trainer
@@ -152,9 +153,12 @@ def build_run(method: str, overrides: dict | None = None) -> tuple[Any, nn.Modul
 
 
 def _scaled_model_values(recipe, values: dict, train: TrainConfig) -> dict:
-    """Model fields that count steps or epochs follow the run's length."""
-    if recipe.method == "data2vec2" and "ema_anneal_end_step" in values:
-        values["ema_anneal_end_step"] = min(values["ema_anneal_end_step"], train.steps)
+    """Model fields that count steps follow the run's length unless set explicitly: data2vec
+    2.0's teacher decay anneals over the whole run (the recipe's value is for its default
+    length)."""
+    field = "ema_anneal_end_step"
+    if recipe.method == "data2vec2" and values.get(field) == recipe.model.get(field):
+        values[field] = train.steps
     return values
 
 
@@ -173,6 +177,12 @@ def pretrain(
     {"method", "steps", "minutes", "random_init": scores, "pretrained": scores,
     "raw_pixels_knn"} (scores: knn, linear, embedding_std, effective_rank)."""
     out_dir = Path(out_dir)
+    previous = latest_checkpoint(out_dir)
+    if previous is not None and not resume:
+        raise ValueError(
+            f"--out {str(out_dir)!r} already holds a run (its checkpoint {previous.name}): "
+            "pass --resume to continue it, or another --out for a new run"
+        )
     seed = int((overrides or {}).get("seed", TrainConfig.seed))
     torch.manual_seed(seed)  # the initialisation depends on the run's seed only
     recipe, model, config = build_run(method, overrides)

@@ -194,6 +194,12 @@ def training_views(recipe: Recipe, model: nn.Module):
     def normalised(spec: CropSpec | None, changes: dict) -> CropSpec | None:
         if spec is None:
             return None
+        fixed = sorted({"mean", "std"} & set(changes))
+        if fixed:
+            raise ValueError(
+                f"view settings {fixed} are not allowed: training views are normalised by "
+                f"mean {PIXEL_MEAN}, std {PIXEL_STD}, as the evaluation is"
+            )
         try:
             return dataclasses.replace(
                 spec, **changes, mean=(PIXEL_MEAN,) * channels, std=(PIXEL_STD,) * channels

@@ -172,6 +172,13 @@ class Trainer:
         results: dict[str, Any] = {"eval": {}}
         try:
             self._loop(history, board, bar, results)
+        except BaseException:
+            # A failed run (e.g. NonFiniteLossError) leaves its logs closed and complete.
+            if self.rank == 0:
+                history.close()
+            if board is not None:
+                board.close()
+            raise
         finally:
             bar.close()
             self._restore_signals(previous)
