@@ -1,0 +1,118 @@
+"""Reproduces the rows of docs/results.md: pre-trains a method with the row's settings (what
+`nexus-fast pretrain --method M --set ...` runs), then scores the encoder by kNN and linear probe,
+pre-trained and at random initialisation, and prints one JSON line.
+
+    .venv/bin/python scripts/measure_results.py ROW [ROW ...]      # names: see ROWS
+    .venv/bin/python scripts/measure_results.py --score-only ROW   # re-score a finished run
+
+Runs go to runs/results/<row>/ (a finished run is re-scored, not retrained). On 2 CPU cores a
+row takes 3-15 minutes; run them one at a time.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from nexus_fast.train.evaluate import load_trained_model
+from nexus_fast.train.pretrain import build_run, load_dataset, pretrain, score
+
+# crop (scale 0.3-1) and flip only; patch 7 (16 tokens); mean-pooled features
+PLAIN = {
+    "view.scale": (0.3, 1.0),
+    "view.jitter_p": 0.0,
+    "view.solarize_p": 0.0,
+    "view.blur_p": 0.0,
+}
+PATCH7 = {"model.patch_size": 7, "model.pool": "mean"}
+DINO_LOCAL = {
+    "model.local_crop_size": 14,
+    "local.jitter_p": 0.0,
+    "local.solarize_p": 0.0,
+    "local.blur_p": 0.0,
+}
+DINO_SHORT = {
+    "model.drop_path": 0.0,
+    "model.layer_scale_init": None,
+    "model.warmup_teacher_temp_epochs": 2.0,
+}
+# row -> (method, settings)
+ROWS: dict[str, tuple[str, dict]] = {
+    "vicreg-default": ("vicreg", {}),
+    "vicreg-1000": ("vicreg", {"steps": 1000}),
+    "barlow_twins-default": ("barlow_twins", {}),
+    "barlow_twins-1200": ("barlow_twins", {"steps": 1200}),
+    "dinov2-p7": ("dinov2", {**PLAIN, **PATCH7, **DINO_LOCAL, **DINO_SHORT, "steps": 400}),
+    "dinov2-p7-sinkhorn": (
+        "dinov2",
+        {
+            **PLAIN,
+            **PATCH7,
+            **DINO_LOCAL,
+            **DINO_SHORT,
+            "steps": 400,
+            "model.centering": "sinkhorn_knopp",
+            "model.dino_prototypes": 256,
+            "model.ibot_prototypes": 256,
+        },
+    ),
+    "ijepa-p7": ("ijepa", {**PLAIN, **PATCH7, "steps": 600}),
+    "data2vec2-p7": ("data2vec2", {**PLAIN, **PATCH7, "steps": 600}),
+    "mae-p7": ("mae", {**PLAIN, **PATCH7, "steps": 300}),
+    "mae-default": ("mae", {}),
+    "ijepa-default": ("ijepa", {}),
+    "data2vec2-default": ("data2vec2", {}),
+    "vjepa2-default": ("vjepa2", {}),
+}
+
+
+def random_init_scores(method: str, settings: dict, split, device: torch.device) -> dict:
+    """The row's encoder before training: the same seed, hence the same weights, as the run."""
+    torch.manual_seed(int(settings.get("seed", 0)))
+    _, model, _ = build_run(method, settings)
+    return score(model.to(device), split, device, linear=True)
+
+
+def measure(row: str, score_only: bool) -> dict:
+    method, settings = ROWS[row]
+    out = Path("runs/results") / row
+    device = torch.device("cpu")
+    started = time.perf_counter()
+    if not score_only and not (out / "results.json").is_file():
+        pretrain(method, overrides=settings, out_dir=out, progress=False, linear=False)
+    finished = json.loads((out / "results.json").read_text())
+    model, run = load_trained_model(out)
+    split = load_dataset(
+        run.get("dataset", "animal-shapes"),
+        method == "vjepa2",
+        size=model.config.img_size,
+        channels=model.config.in_chans,
+    )
+    pretrained = score(model.to(device), split, device, linear=True)
+    random_init = random_init_scores(method, settings, split, device)
+    return {
+        "row": row,
+        "method": method,
+        "steps": finished["steps"],
+        "train_minutes": round(finished["minutes"], 2),
+        "knn": [round(random_init["knn"], 4), round(pretrained["knn"], 4)],
+        "linear": [round(random_init["linear"], 4), round(pretrained["linear"], 4)],
+        "scoring_minutes": round((time.perf_counter() - started) / 60, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("rows", nargs="+", choices=sorted(ROWS))
+    parser.add_argument("--score-only", action="store_true")
+    args = parser.parse_args(argv)
+    for row in args.rows:
+        print(json.dumps(measure(row, args.score_only)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
