@@ -27,7 +27,9 @@ PLAIN = {
     "view.solarize_p": 0.0,
     "view.blur_p": 0.0,
 }
-PATCH7 = {"model.patch_size": 7, "model.pool": "mean"}
+PATCH7 = {"model.patch_size": 7, "model.pool": "mean"}  # pool: for the methods that choose
+# data2vec 2.0 always mean-pools (I-JEPA's block masks need a grid finer than patch 7's 4 x 4)
+PATCH7_MEAN = {"model.patch_size": 7}
 DINO_LOCAL = {
     "model.local_crop_size": 14,
     "local.jitter_p": 0.0,
@@ -59,8 +61,7 @@ ROWS: dict[str, tuple[str, dict]] = {
             "model.ibot_prototypes": 256,
         },
     ),
-    "ijepa-p7": ("ijepa", {**PLAIN, **PATCH7, "steps": 600}),
-    "data2vec2-p7": ("data2vec2", {**PLAIN, **PATCH7, "steps": 600}),
+    "data2vec2-p7": ("data2vec2", {**PLAIN, **PATCH7_MEAN, "steps": 600}),
     "mae-p7": ("mae", {**PLAIN, **PATCH7, "steps": 300}),
     "mae-default": ("mae", {}),
     "ijepa-default": ("ijepa", {}),
