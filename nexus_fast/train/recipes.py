@@ -8,7 +8,8 @@ epochs; here a run is a few hundred steps of batch 256 on 28 x 28 greyscale silh
 - the encoder: a ViT of width 128, depth 4, 4 heads. Patch 4 (7 x 7 = 49 patches) for the
   masked methods, whose block masks need a grid finer than 4 x 4; patch 7 (16 patches) for the
   joint-embedding methods, which reach the same kNN per step 3.5x faster. Features are
-  mean-pooled for every method except DINOv2, whose official feature is the cls token;
+  mean-pooled (DINOv2's official feature is the cls token, but a fresh DINOv2 encoder's cls
+  token is nearly constant, which makes the random-init baseline meaningless);
 - learning rates: AdamW at 1e-3 to 2e-3 with a short warmup (the official base lr x batch / 256
   rules give 1e-4-scale rates tuned for 100+ epochs; a short run needs a larger step);
 - teacher momentum: starts at 0.99 rather than 0.996-0.9999 (the teacher must move within a
@@ -144,7 +145,13 @@ RECIPES: dict[str, Recipe] = {
         "dinov2",
         ssl.DINOv2Model,
         {
-            "local_crop_size": 12,
+            **_PATCH7,
+            # short runs: no stochastic depth or LayerScale (which keep a fresh encoder's
+            # output nearly constant), the teacher temperature warmed up over 2 epochs, not 30
+            "drop_path": 0.0,
+            "layer_scale_init": None,
+            "warmup_teacher_temp_epochs": 2.0,
+            "local_crop_size": 14,
             "local_crops_number": 4,
             "dino_prototypes": 1024,
             "dino_hidden_dim": 512,
@@ -153,7 +160,9 @@ RECIPES: dict[str, Recipe] = {
             "ibot_hidden_dim": 512,
             "ibot_bottleneck_dim": 128,
         },
-        {"lr": 1e-3, "weight_decay": 0.04, "weight_decay_end": 0.2, "clip_grad": 3.0},
+        {"lr": 1e-3, "weight_decay": 0.04, "weight_decay_end": 0.2, "clip_grad": 3.0, "steps": 400},
+        view=PLAIN_VIEW,
+        local_view={"jitter_p": 0.0, "blur_p": 0.0, "solarize_p": 0.0},
     ),
     "barlow_twins": _recipe(
         "barlow_twins",
