@@ -64,9 +64,9 @@ ROWS: dict[str, tuple[str, dict]] = {
     "data2vec2-p7": ("data2vec2", {**PLAIN, **PATCH7_MEAN, "steps": 600}),
     "mae-p7": ("mae", {**PLAIN, **PATCH7, "steps": 300}),
     "mae-default": ("mae", {}),
-    "ijepa-default": ("ijepa", {}),
-    # the default collapsed on this data (loss -> 8e-5, embedding_std -> 2e-4 by step 250): a
-    # smaller learning rate and a slower teacher
+    # the recipe before 2026-12-04, which collapsed on this data (loss -> 8e-5, embedding_std ->
+    # 2e-4 by step 250); the recipe now is "ijepa-slow"'s smaller lr and slower teacher
+    "ijepa-fast": ("ijepa", {"lr": 2e-3, "model.ema_momentum": (0.99, 1.0)}),
     "ijepa-slow": ("ijepa", {"lr": 5e-4, "model.ema_momentum": (0.996, 1.0)}),
     "data2vec2-default": ("data2vec2", {}),
     "vjepa2-default": ("vjepa2", {}),
