@@ -279,7 +279,7 @@ def test_dispatch_reasons_name_the_obstacle() -> None:
     index = torch.arange(3)
     arguments = (features.double(), weight, teacher, index, 0.1, 2)
     triton = PROTOTYPE_CROSS_ENTROPY.backend("triton")
-    assert triton.reasons(*arguments) == [
+    assert PROTOTYPE_CROSS_ENTROPY.reasons(triton, *arguments) == [
         "dtype torch.float64 is not one of float32, bfloat16, float16"
     ]
     assert PROTOTYPE_CROSS_ENTROPY.select(*arguments).name == "cpu"

@@ -183,7 +183,7 @@ def test_non_contiguous_logits_and_no_gradient() -> None:
 def test_dispatch_reasons_name_the_obstacle() -> None:
     logits = torch.zeros(3, 4, dtype=torch.float64)
     triton = SINKHORN_KNOPP.backend("triton")
-    assert triton.reasons(logits, 0.1, 3, False) == [
+    assert SINKHORN_KNOPP.reasons(triton, logits, 0.1, 3, False) == [
         "logits dtype torch.float64 is not one of float32, bfloat16, float16"
     ]
     assert SINKHORN_KNOPP.select(logits, 0.1, 3, False).name == "cpu"

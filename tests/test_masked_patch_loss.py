@@ -328,12 +328,15 @@ def test_dispatch_reasons_name_the_obstacle() -> None:
     pred, images, mask = _problem(1, 3, (6, 6), pred_dtype=torch.float64)
     arguments = (pred, images, mask, 3, 1, True, 1e-6)
     triton = loss_module.MASKED_PATCH_LOSS.backend("triton")
-    assert triton.reasons(*arguments) == [
+    assert loss_module.MASKED_PATCH_LOSS.reasons(triton, *arguments) == [
         "pred dtype torch.float64 is not one of float32, bfloat16, float16"
     ]
     assert loss_module.MASKED_PATCH_LOSS.select(*arguments).name == "cpu"
     big = (torch.zeros(1, 1, 64 * 64 * 3), torch.zeros(1, 3, 64, 64), torch.ones(1, 1))
-    assert any("tile of 16384 elements" in r for r in triton.reasons(*big, 64, 1, True, 1e-6))
+    assert any(
+        "tile of 16384 elements" in r
+        for r in loss_module.MASKED_PATCH_LOSS.reasons(triton, *big, 64, 1, True, 1e-6)
+    )
     assert loss_module.MASKED_PATCH_LOSS.select(*big, 64, 1, True, 1e-6).name == "cpu"
 
 
