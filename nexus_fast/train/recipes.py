@@ -5,9 +5,9 @@ model's inputs.
 The official hyperparameters (METHODS.md) are for ImageNet at batch 1024-4096 over hundreds of
 epochs; here a run is a few hundred steps of batch 256 on 28 x 28 greyscale silhouettes (moving
 32 x 32 clips for V-JEPA 2). What is scaled, and why (measurements in docs/results.md):
-- the encoder: a ViT of width 128, depth 4, 4 heads. Patch 4 (7 x 7 = 49 patches) for the
-  masked methods, whose block masks need a grid finer than 4 x 4; patch 7 (16 patches) for the
-  joint-embedding methods, which reach the same kNN per step 3.5x faster. Features are
+- the encoder: a ViT of width 128, depth 4, 4 heads. Patch 7 (4 x 4 = 16 patches), which
+  reaches the same kNN per step as patch 4 3.5x faster, except I-JEPA (patch 4, 7 x 7 = 49
+  patches: its block masks need a grid finer than 4 x 4). Features are
   mean-pooled (DINOv2's official feature is the cls token, but a fresh DINOv2 encoder's cls
   token is nearly constant, which makes the random-init baseline meaningless);
 - learning rates: AdamW at 1e-3 to 2e-3 with a short warmup (the official base lr x batch / 256
@@ -16,7 +16,8 @@ epochs; here a run is a few hundred steps of batch 256 on 28 x 28 greyscale silh
   few hundred steps), except I-JEPA (0.996, with lr 5e-4), which collapsed at 0.99 and 2e-3;
 - Barlow Twins and VICReg: LARS as in the official code is available (`--set optimizer=lars`);
   the default is AdamW, which trains ViTs better at this size;
-- augmentations: crop (scale 0.3-1) and flip only (PLAIN_VIEW) for the joint-embedding methods.
+- augmentations: crop (scale 0.3-1) and flip only (PLAIN_VIEW) for every image method but
+  I-JEPA (its official crop + flip).
   The official colour jitter, blur and solarisation carry no information on greyscale
   silhouettes and cost 10-15 kNN points in short runs; `--set view.jitter_p=0.8` etc. bring them
   back. Images are normalised by mean 0.5, std 0.5 as the evaluation does.
@@ -101,13 +102,15 @@ RECIPES: dict[str, Recipe] = {
     "mae": _recipe(
         "mae",
         ssl.MAE,
-        {"decoder_dim": 64, "decoder_depth": 2, "decoder_heads": 4, "pool": "mean"},
+        {**_PATCH7, "decoder_dim": 64, "decoder_depth": 2, "decoder_heads": 4},
         {"lr": 2e-3, "weight_decay": 0.05, "betas": (0.9, 0.95)},
+        view=PLAIN_VIEW,
     ),
     "data2vec2": _recipe(
         "data2vec2",
         ssl.Data2VecModel,
         {
+            "patch_size": 7,  # data2vec 2.0 always mean-pools
             "decoder_dim": 64,
             "decoder_layers": 2,
             "clone_batch": 4,
@@ -117,7 +120,8 @@ RECIPES: dict[str, Recipe] = {
             "ema_anneal_end_step": 300,
             "mask_block_size": 2,
         },
-        {"lr": 2e-3, "weight_decay": 0.05, "betas": (0.9, 0.95), "clip_grad": 4.0},
+        {"lr": 2e-3, "weight_decay": 0.05, "betas": (0.9, 0.95), "clip_grad": 4.0, "steps": 600},
+        view=PLAIN_VIEW,
     ),
     "ijepa": _recipe(
         "ijepa",
