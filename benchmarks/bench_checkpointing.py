@@ -2,10 +2,12 @@
 forward + backward of a ViT-B/16 encoder and of MAE ViT-B/16 (encoder + 8-block decoder) at
 224 px, with and without `grad_checkpointing=True`.
 
-Peak extra memory is what the step allocates beyond the model (activations kept for the
-backward, then gradients); checkpointing keeps one block's input per block instead of every
-intermediate, at the price of a second forward of each block in the backward pass (about +30%
-time). Batch 4 on the CPU (float32), 64 on the GPU (bf16 autocast).
+Mode "forward": the forward pass with its graph kept, so its peak extra memory is the
+activations saved for the backward, which checkpointing cuts to one block input per block. Mode
+"full": forward + backward, whose time shows the price (each block's forward runs again in the
+backward) and whose peak also holds the parameters' gradients (344 MB at ViT-B, float32), which
+checkpointing does not touch. Batch 4 on the CPU (float32; 2 with --quick), 64 on the GPU (bf16
+autocast).
 
     python benchmarks/bench_checkpointing.py [--quick] [--device cpu|cuda] [--out DIR]
 """
@@ -25,19 +27,32 @@ from nexus_fast.models.ssl import MAE
 OFF, ON = "checkpointing off", "checkpointing on"
 
 
-def _step(model: torch.nn.Module, images: torch.Tensor, device: str):
-    autocast = torch.autocast("cuda", torch.bfloat16) if device == "cuda" else nullcontext()
+class Step:
+    """One training step on fixed inputs, split so that the memory of the activations kept for
+    the backward shows on its own: `forward` runs the forward pass and keeps its graph (its peak
+    extra memory is what the backward will need), `full` runs forward + backward."""
 
-    def run() -> None:
-        with autocast:
-            out = model(images)
-        loss = out[0] if isinstance(out, tuple) else out.float().square().mean()
-        loss.backward()
+    def __init__(self, model: torch.nn.Module, images: torch.Tensor, device: str) -> None:
+        self.model, self.images = model, images
+        self.autocast = (
+            torch.autocast("cuda", torch.bfloat16) if device == "cuda" else nullcontext()
+        )
+        self.loss: torch.Tensor | None = None
 
-    def reset() -> None:
-        model.zero_grad(set_to_none=True)
+    def forward(self) -> None:
+        with self.autocast:
+            out = self.model(self.images)
+        self.loss = out[0] if isinstance(out, tuple) else out.float().square().mean()
 
-    return run, reset
+    def full(self) -> None:
+        self.forward()
+        self.loss.backward()
+        self.loss = None
+
+    def reset(self) -> None:
+        """Untimed: drops the kept graph and the gradients."""
+        self.loss = None
+        self.model.zero_grad(set_to_none=True)
 
 
 def cases(device: str, quick: bool) -> list[Case]:
@@ -56,9 +71,10 @@ def cases(device: str, quick: bool) -> list[Case]:
     for shape, build in builders.items():
         for provider, flag in ((OFF, False), (ON, True)):
             torch.manual_seed(0)
-            model = build(flag).to(device).train()
-            run, reset = _step(model, images, device)
-            result.append(Case(provider, shape, "full", run, {"images": batch}, device, reset))
+            step = Step(build(flag).to(device).train(), images, device)
+            for mode, fn in (("forward", step.forward), ("full", step.full)):
+                work = {"images": batch}
+                result.append(Case(provider, shape, mode, fn, work, device, step.reset))
     return result
 
 

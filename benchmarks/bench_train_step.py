@@ -10,11 +10,13 @@ Providers:
   the EMA as torch._foreach_lerp_ (timm's update). Only the operators differ, so the ratio is
   what the kernels buy.
 
-Shapes: on the CPU the tiny presets (float32); on the GPU the official sizes in bf16 autocast
-(ViT-B/16 for MAE, data2vec 2.0, Barlow Twins and VICReg with the 8192 x 3 projector; I-JEPA
-ViT-H/14; V-JEPA 2 ViT-L/16 on 16 frames; DINOv2 ViT-B/14 with 65536 prototypes and 2 + 8
-crops). On the GPU the rate includes MFU: the step's FLOPs (counted by torch's FlopCounterMode
-on the plain step) over the time, against the measured bf16 matmul rate of this GPU.
+Shapes: on the CPU the tiny presets (float32) with the issue's CPU sizes of the heads (a
+2048-wide projector for Barlow Twins and VICReg, K = 4096 prototypes for DINOv2); on the GPU the
+official sizes in bf16 autocast (ViT-B/16 for MAE, data2vec 2.0, Barlow Twins and VICReg with
+the 8192 x 3 projector; I-JEPA ViT-H/14; V-JEPA 2 ViT-L/16 on 16 frames; DINOv2 ViT-B/14 with
+65536 prototypes and 2 + 8 crops). On the GPU the rate includes MFU: the step's FLOPs (counted
+by torch's FlopCounterMode on the plain step) over the time, against the measured bf16 matmul
+rate of this GPU.
 
     python benchmarks/bench_train_step.py [--quick] [--device cpu|cuda]
 """
@@ -52,6 +54,12 @@ METHODS = {
 TWO_VIEWS = ("barlow_twins", "vicreg")
 # NEXUS_FAST_BACKEND for the plain provider (see nexus_fast/ops/_dispatch.py).
 PLAIN_BACKENDS = "reference,attention=sdpa,ema_update_=foreach"
+# The CPU's head sizes over the tiny presets.
+CPU_HEADS = {
+    "barlow_twins": {"projector_dims": (2048, 2048, 2048)},
+    "vicreg": {"expander_dims": (2048, 2048, 2048)},
+    "dinov2": {"dino_prototypes": 4096, "ibot_prototypes": 4096},
+}
 # GPU batch per method at the official sizes: large enough to keep an H200 busy, small enough
 # that the plain provider (which materialises more) fits too.
 GPU_BATCH = {
@@ -158,7 +166,10 @@ def measured_bf16_tflops(size: int = 8192, repeats: int = 10) -> float:
 def method_cases(name: str, cls, batch: int, device: str, roofline: float | None) -> list[Case]:
     """The nexus and plain Cases of one step of a method (one model, shared by both)."""
     torch.manual_seed(0)
-    config = cls.preset("official" if device == "cuda" else "tiny")
+    if device == "cuda":
+        config = cls.preset("official")
+    else:
+        config = cls.preset("tiny", **CPU_HEADS.get(name, {}))
     with torch.device(device):  # initialised in place: a ViT-H on the CPU takes seconds
         model = cls(config).train()
     inputs = _inputs(name, model, batch, device)
