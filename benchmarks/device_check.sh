@@ -5,6 +5,11 @@
 #
 #   bash benchmarks/device_check.sh [STEP ...]   # steps: train_step tests train kernels (default: all)
 #
+# Seen on the H200 (2026-12-04): build 35-40 s; the GPU tests 175-180 s with -n 16 (Triton compiles
+# dominate); train_step 96 s for five methods, ~85 s per ViT-H/ViT-B pair in a cold process
+# (attention autotuning); the kernel benchmarks never got their turn. A 15-minute lease fits
+# about two runs of DEADLINE=400.
+#
 # DEADLINE (seconds, default 400) bounds the whole run: each step gets at most its own cap and
 # what is left before the deadline, and a step with under 20 s left is skipped, so the files
 # always come back inside the device tool's limit. The GPU image has torch, triton, pytest,
