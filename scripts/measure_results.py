@@ -47,6 +47,7 @@ ROWS: dict[str, tuple[str, dict]] = {
     "vicreg-1000": ("vicreg", {"steps": 1000}),
     "barlow_twins-default": ("barlow_twins", {}),
     "barlow_twins-1200": ("barlow_twins", {"steps": 1200}),
+    "barlow_twins-1500": ("barlow_twins", {"steps": 1500}),
     "dinov2-p7": ("dinov2", {**PLAIN, **PATCH7, **DINO_LOCAL, **DINO_SHORT, "steps": 400}),
     "dinov2-p7-sinkhorn": (
         "dinov2",
@@ -62,6 +63,7 @@ ROWS: dict[str, tuple[str, dict]] = {
         },
     ),
     "data2vec2-p7": ("data2vec2", {**PLAIN, **PATCH7_MEAN, "steps": 600}),
+    "data2vec2-1200": ("data2vec2", {"steps": 1200}),
     "mae-p7": ("mae", {**PLAIN, **PATCH7, "steps": 300}),
     "mae-default": ("mae", {}),
     # the recipe before 2026-12-04, which collapsed on this data (loss -> 8e-5, embedding_std ->
