@@ -64,6 +64,17 @@ ROWS: dict[str, tuple[str, dict]] = {
     ),
     "data2vec2-p7": ("data2vec2", {**PLAIN, **PATCH7_MEAN, "steps": 600}),
     "data2vec2-1200": ("data2vec2", {"steps": 1200}),
+    "dinov2-p7-sharp": (
+        "dinov2",
+        {
+            "model.centering": "sinkhorn_knopp",
+            "model.dino_prototypes": 256,
+            "model.ibot_prototypes": 256,
+            "model.warmup_teacher_temp": 0.02,
+            "model.teacher_temp": 0.02,
+            "steps": 400,
+        },
+    ),
     "mae-p7": ("mae", {**PLAIN, **PATCH7, "steps": 300}),
     "mae-default": ("mae", {}),
     # the recipe before 2026-12-04, which collapsed on this data (loss -> 8e-5, embedding_std ->
