@@ -75,6 +75,17 @@ ROWS: dict[str, tuple[str, dict]] = {
             "steps": 400,
         },
     ),
+    "dinov2-p7-sharper": (
+        "dinov2",
+        {
+            "model.centering": "sinkhorn_knopp",
+            "model.dino_prototypes": 256,
+            "model.ibot_prototypes": 256,
+            "model.warmup_teacher_temp": 0.01,
+            "model.teacher_temp": 0.01,
+            "steps": 400,
+        },
+    ),
     "mae-p7": ("mae", {**PLAIN, **PATCH7, "steps": 300}),
     "mae-default": ("mae", {}),
     # the recipe before 2026-12-04, which collapsed on this data (loss -> 8e-5, embedding_std ->
