@@ -151,17 +151,20 @@ RECIPES: dict[str, Recipe] = {
         ssl.DINOv2Model,
         {
             **_PATCH7,
-            # short runs: no stochastic depth or LayerScale (which keep a fresh encoder's
-            # output nearly constant), the teacher temperature warmed up over 2 epochs, not 30
+            # Short runs (docs/results.md): no stochastic depth or LayerScale (which keep a fresh
+            # encoder's output nearly constant); a sharp teacher (Sinkhorn-Knopp at temperature
+            # 0.01 over 256 prototypes), else it stays near uniform and DINO teaches nothing.
             "drop_path": 0.0,
             "layer_scale_init": None,
-            "warmup_teacher_temp_epochs": 2.0,
+            "centering": "sinkhorn_knopp",
+            "warmup_teacher_temp": 0.01,
+            "teacher_temp": 0.01,
             "local_crop_size": 14,
             "local_crops_number": 4,
-            "dino_prototypes": 1024,
+            "dino_prototypes": 256,
             "dino_hidden_dim": 512,
             "dino_bottleneck_dim": 128,
-            "ibot_prototypes": 1024,
+            "ibot_prototypes": 256,
             "ibot_hidden_dim": 512,
             "ibot_bottleneck_dim": 128,
         },
