@@ -265,6 +265,7 @@ def test_sampled_masks_follow_the_config() -> None:
         ({"img_size": 36}, r"img_size=36 is not allowed: a multiple of patch_size 8"),
         ({"ema_momentum": (1.0, 0.996)}, r"ema_momentum=\(1\.0, 0\.996\) is not allowed"),
         ({"encoder_dim": 100, "encoder_depth": None}, r"encoder_dim=100 is not allowed"),
+        ({"patch_embed_init": "kaiming"}, r"patch_embed_init='kaiming' is not allowed: one of"),
     ],
 )
 def test_bad_configs_raise(overrides: dict, message: str) -> None:
@@ -346,3 +347,27 @@ def test_meta_build_then_init_weights_trains() -> None:
     assert torch.isfinite(loss)
     model.train()
     assert model.encoder.training and not model.target_encoder.training
+
+
+@pytest.mark.parametrize("device", [None, "meta"])
+def test_xavier_patch_embedding_keeps_content_at_the_scale_of_the_positions(device) -> None:
+    """The official truncated normal (std 0.02) gives a token's content a std of 0.02 * sqrt(
+    inputs per patch); xavier-uniform a weight std of sqrt(2 / (inputs + dim)). On 4 x 4
+    greyscale patches (16 inputs) into 64 channels: 0.158 against 0.02."""
+    settings = {"img_size": 28, "patch_size": 4, "in_chans": 1, "min_keep": 4}
+    stds = {}
+    for init in ("official", "xavier"):
+        torch.manual_seed(0)
+        model = JEPAModel(
+            JEPAModel.preset("tiny", **settings, patch_embed_init=init), device=device
+        )
+        if device == "meta":
+            model.to_empty(device="cpu")
+            model.init_weights()
+        weight = model.encoder.patch_embed.proj.weight
+        fan_in, fan_out = weight[0].numel(), weight.shape[0]
+        stds[init] = weight.std().item()
+        expected = 0.02 if init == "official" else (2 / (fan_in + fan_out)) ** 0.5
+        assert abs(stds[init] / expected - 1) < 0.15, (init, stds[init], expected)
+        assert torch.equal(model.target_encoder.patch_embed.proj.weight, weight)
+    assert stds["xavier"] > 3 * stds["official"]

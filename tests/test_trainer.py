@@ -94,6 +94,27 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path):
     assert [line["step"] for line in lines if "loss" in line] == [1, 2, 3, 4, 5, 6]
 
 
+def test_views_and_model_draw_from_different_streams(tmp_path):
+    """The generator handed to `inputs` and torch's global generator (the model's masks) are
+    seeded per step, but never alike: else a mask would reuse the crops' random numbers."""
+    draws = []
+
+    def inputs(indices: torch.Tensor, generator: torch.Generator):
+        draws.append((torch.rand(64, generator=generator), torch.rand(64)))
+        batch = _data()[indices]
+        return (batch, batch.flip(-1)), {}
+
+    torch.manual_seed(0)
+    trainer = Trainer(
+        BarlowTwinsModel(MODEL), _config(steps=2), inputs, SAMPLES, tmp_path, progress=False
+    )
+    trainer.fit()
+    assert len(draws) == 2
+    for views, model in draws:
+        assert not torch.equal(views, model)
+    assert not torch.equal(draws[0][0], draws[1][0])  # and each step draws anew
+
+
 def test_resume_with_other_settings_is_refused(tmp_path):
     _trainer(tmp_path, steps=3).fit()
     with pytest.raises(ValueError, match=r"lr \(0.01 -> 0.005\)"):

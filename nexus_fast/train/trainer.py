@@ -3,7 +3,8 @@
 One optimizer step of a run is a pure function of (seed, step, rank) and the state before it:
 the step's sample indices come from `step_batch_indices`, and both torch's global generator (the
 model's own draws: masks, drop-path, noise) and the generator handed to the `inputs` callable
-(augmentations) are reseeded from `step_seed(seed, step, rank)`. A run resumed from a checkpoint
+(augmentations) are reseeded from `step_seed(seed, step, rank)` (the latter XOR-ed with
+`AUGMENT_STREAM`, so that the two never draw the same numbers). A run resumed from a checkpoint
 therefore replays exactly the steps the uninterrupted run would have taken; on the CPU the two
 end bit for bit equal (tests/test_trainer.py shows it).
 
@@ -55,6 +56,10 @@ ParamGroups = Callable[[nn.Module, TrainConfig], list[dict]]
 
 class NonFiniteLossError(RuntimeError):
     """Raised after `nan_patience` optimizer steps in a row had a non-finite loss."""
+
+
+# XOR-ed into a step's seed for the augmentation generator (any constant below 2**63).
+AUGMENT_STREAM = 0x2545F4914F6CDD1D
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -229,7 +234,9 @@ class Trainer:
         config, model = self.config, self.model
         seed = step_seed(config.seed, self.step, self.rank)
         torch.manual_seed(seed)
-        generator = torch.Generator().manual_seed(seed)
+        # Another stream for the views: seeded alike, the model's masks (drawn from torch's
+        # default generator) would reuse the crops' random numbers.
+        generator = torch.Generator().manual_seed(seed ^ AUGMENT_STREAM)
         for group in self.optimizer.param_groups:
             group["lr"] = float(self.lr_schedule[self.step]) * group["lr_scale"]
             group["weight_decay"] = float(self.wd_schedule[self.step]) * group["wd_scale"]

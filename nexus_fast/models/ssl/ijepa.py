@@ -41,7 +41,13 @@ from ...masking import MultiBlockMask, multiblock_mask
 from ..vit import VisionTransformer
 from ._base import EncoderConfig, SSLModel, frozen_copy
 from ._heads import pooled
-from ._predictor import JEPAPredictor, check_momentum_range, linear_momentum, official_init_
+from ._predictor import (
+    PATCH_EMBED_INITS,
+    JEPAPredictor,
+    check_momentum_range,
+    init_jepa_encoder_,
+    linear_momentum,
+)
 
 
 @dataclass
@@ -61,6 +67,8 @@ class JEPAConfig(EncoderConfig):
         truncate: cut every mask to the batch's shortest (official quirk).
         ema_momentum: (start, end) of the linear teacher momentum schedule (official
             (0.996, 1.0)).
+        patch_embed_init: "official" (truncated normal 0.02, as every layer) or "xavier"
+            (the ViT default, for patches of few inputs: see init_jepa_encoder_).
     """
 
     patch_size: int = 14
@@ -76,6 +84,7 @@ class JEPAConfig(EncoderConfig):
     per_batch_sizes: bool = False
     truncate: bool = False
     ema_momentum: tuple[float, float] = (0.996, 1.0)
+    patch_embed_init: str = "official"
 
     def validate(self) -> None:
         super().validate()
@@ -95,6 +104,12 @@ class JEPAConfig(EncoderConfig):
             f"predictor_dim {self.predictor_dim}",
         )
         check_momentum_range("ema_momentum", self.ema_momentum)
+        require(
+            self.patch_embed_init in PATCH_EMBED_INITS,
+            "patch_embed_init",
+            self.patch_embed_init,
+            f"one of {', '.join(PATCH_EMBED_INITS)}",
+        )
         # The generator's own checks (ranges, blocks smaller than min_keep, a context that can
         # never keep min_keep patches), on a private generator so no random state moves.
         try:
@@ -172,7 +187,7 @@ class JEPAModel(SSLModel):
         if device is None or torch.device(device).type != "meta":
             # The official initialisation (truncated normal, residual projections rescaled by
             # depth), not the ViT's MAE-style default.
-            official_init_(self.encoder, self.encoder.blocks)
+            init_jepa_encoder_(self.encoder, config.patch_embed_init)
         # The target encoder starts as an exact copy and then only follows the EMA.
         self.target_encoder = frozen_copy(self.encoder).eval()
 
@@ -180,7 +195,7 @@ class JEPAModel(SSLModel):
         """The official initialisation of every parameter, the target encoder a copy of the
         encoder (e.g. after building on the meta device and `to_empty(device=...)`)."""
         self.encoder.init_weights()  # position tables and tokens
-        official_init_(self.encoder, self.encoder.blocks)
+        init_jepa_encoder_(self.encoder, self.config.patch_embed_init)
         self.predictor.init_weights()
         with torch.no_grad():
             for teacher, student in zip(

@@ -44,7 +44,13 @@ from ...masking import TubeMask, vjepa2_tube_masks
 from ..vit import VisionTransformer
 from ._base import EncoderConfig, SSLModel, frozen_copy
 from ._heads import pooled
-from ._predictor import JEPAPredictor, check_momentum_range, linear_momentum, official_init_
+from ._predictor import (
+    PATCH_EMBED_INITS,
+    JEPAPredictor,
+    check_momentum_range,
+    init_jepa_encoder_,
+    linear_momentum,
+)
 
 # The mask generators, in the order vjepa2_tube_masks returns them; each has its mask token.
 MASK_GENERATORS = ("short_range", "long_range")
@@ -65,6 +71,8 @@ class VJEPAConfig(EncoderConfig):
         ema_momentum: (start, end) of the linear teacher momentum schedule; official V-JEPA 2
             (0.99925, 0.99925), constant; V-JEPA 1 (0.998, 1.0), whose official schedule spans
             ipe_scale = 1.25 times the training steps (pass that as total_steps).
+        patch_embed_init: "official" (truncated normal 0.02, as every layer) or "xavier"
+            (the ViT default, for patches of few inputs: see init_jepa_encoder_).
     """
 
     img_size: int = 256
@@ -78,6 +86,7 @@ class VJEPAConfig(EncoderConfig):
     loss_exp: float = 1.0
     truncate: bool = False
     ema_momentum: tuple[float, float] = (0.99925, 0.99925)
+    patch_embed_init: str = "official"
 
     def validate(self) -> None:
         require(self.num_registers == 0, "num_registers", self.num_registers, "0 (RoPE encoder)")
@@ -103,6 +112,12 @@ class VJEPAConfig(EncoderConfig):
         )
         require(self.loss_exp > 0, "loss_exp", self.loss_exp, "> 0")
         check_momentum_range("ema_momentum", self.ema_momentum)
+        require(
+            self.patch_embed_init in PATCH_EMBED_INITS,
+            "patch_embed_init",
+            self.patch_embed_init,
+            f"one of {', '.join(PATCH_EMBED_INITS)}",
+        )
         try:
             self.masks(1, torch.Generator())
         except ValueError as error:
@@ -176,7 +191,7 @@ class VJEPAModel(SSLModel):
         if device is None or torch.device(device).type != "meta":
             # The official initialisation (truncated normal, residual projections rescaled by
             # depth), not the ViT's MAE-style default.
-            official_init_(self.encoder, self.encoder.blocks)
+            init_jepa_encoder_(self.encoder, config.patch_embed_init)
         # The target encoder starts as an exact copy and then only follows the EMA.
         self.target_encoder = frozen_copy(self.encoder).eval()
 
@@ -184,7 +199,7 @@ class VJEPAModel(SSLModel):
         """The official initialisation of every parameter, the target encoder a copy of the
         encoder (e.g. after building on the meta device and `to_empty(device=...)`)."""
         self.encoder.init_weights()  # position tables and tokens
-        official_init_(self.encoder, self.encoder.blocks)
+        init_jepa_encoder_(self.encoder, self.config.patch_embed_init)
         self.predictor.init_weights()
         with torch.no_grad():
             for teacher, student in zip(
