@@ -93,6 +93,22 @@ ROWS: dict[str, tuple[str, dict]] = {
     "ijepa-fast": ("ijepa", {"lr": 2e-3, "model.ema_momentum": (0.99, 1.0)}),
     "ijepa-slow": ("ijepa", {"lr": 5e-4, "model.ema_momentum": (0.996, 1.0)}),
     "data2vec2-default": ("data2vec2", {}),
+    # 2026-12-04, second session: the recipes after the review of the three laggards
+    "dinov2-cls-fast-teacher": (
+        "dinov2",
+        {
+            "model.pool": "cls",
+            "model.momentum_teacher": 0.98,
+            "model.final_momentum_teacher": 0.995,
+            "steps": 400,
+        },
+    ),
+    "mae-1500": ("mae", {**PLAIN, **PATCH7, "steps": 1500}),
+    "ijepa-xavier": ("ijepa", {"model.patch_embed_init": "xavier", "lr": 5e-4}),
+    "data2vec2-groups1": (
+        "data2vec2",
+        {"model.decoder_groups": 1, "model.cls_loss": 0.0025, "steps": 600},
+    ),
     "vjepa2-default": ("vjepa2", {}),
 }
 
