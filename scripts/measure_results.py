@@ -104,6 +104,15 @@ ROWS: dict[str, tuple[str, dict]] = {
         },
     ),
     "mae-1500": ("mae", {**PLAIN, **PATCH7, "steps": 1500}),
+    "dinov2-cls-fast-teacher-1200": (
+        "dinov2",
+        {
+            "model.pool": "cls",
+            "model.momentum_teacher": 0.98,
+            "model.final_momentum_teacher": 0.995,
+            "steps": 1200,
+        },
+    ),
     "ijepa-xavier": ("ijepa", {"model.patch_embed_init": "xavier", "lr": 5e-4}),
     "data2vec2-groups1": (
         "data2vec2",
