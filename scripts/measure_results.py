@@ -41,6 +41,12 @@ DINO_SHORT = {
     "model.layer_scale_init": None,
     "model.warmup_teacher_temp_epochs": 2.0,
 }
+# the DINOv2 recipe since the second session of 2026-12-04: teacher cls token, faster teacher
+DINO_CLS_FAST_TEACHER = {
+    "model.pool": "cls",
+    "model.momentum_teacher": 0.98,
+    "model.final_momentum_teacher": 0.995,
+}
 # row -> (method, settings)
 ROWS: dict[str, tuple[str, dict]] = {
     "vicreg-default": ("vicreg", {}),
@@ -94,25 +100,9 @@ ROWS: dict[str, tuple[str, dict]] = {
     "ijepa-slow": ("ijepa", {"lr": 5e-4, "model.ema_momentum": (0.996, 1.0)}),
     "data2vec2-default": ("data2vec2", {}),
     # 2026-12-04, second session: the recipes after the review of the three laggards
-    "dinov2-cls-fast-teacher": (
-        "dinov2",
-        {
-            "model.pool": "cls",
-            "model.momentum_teacher": 0.98,
-            "model.final_momentum_teacher": 0.995,
-            "steps": 400,
-        },
-    ),
+    "dinov2-cls-fast-teacher": ("dinov2", {**DINO_CLS_FAST_TEACHER, "steps": 400}),
     "mae-1500": ("mae", {**PLAIN, **PATCH7, "steps": 1500}),
-    "dinov2-cls-fast-teacher-1200": (
-        "dinov2",
-        {
-            "model.pool": "cls",
-            "model.momentum_teacher": 0.98,
-            "model.final_momentum_teacher": 0.995,
-            "steps": 1200,
-        },
-    ),
+    "dinov2-cls-fast-teacher-1200": ("dinov2", {**DINO_CLS_FAST_TEACHER, "steps": 1200}),
     "ijepa-xavier": ("ijepa", {"model.patch_embed_init": "xavier", "lr": 5e-4}),
     "data2vec2-groups1": (
         "data2vec2",

@@ -265,7 +265,10 @@ def test_sampled_masks_follow_the_config() -> None:
         ({"img_size": 36}, r"img_size=36 is not allowed: a multiple of patch_size 8"),
         ({"ema_momentum": (1.0, 0.996)}, r"ema_momentum=\(1\.0, 0\.996\) is not allowed"),
         ({"encoder_dim": 100, "encoder_depth": None}, r"encoder_dim=100 is not allowed"),
-        ({"patch_embed_init": "kaiming"}, r"patch_embed_init='kaiming' is not allowed: one of"),
+        (
+            {"patch_embed_init": "kaiming"},
+            r"patch_embed_init='kaiming' is not allowed: expected one of",
+        ),
     ],
 )
 def test_bad_configs_raise(overrides: dict, message: str) -> None:

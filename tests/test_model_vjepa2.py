@@ -273,7 +273,10 @@ def test_sampled_masks_partition_the_clip() -> None:
         ({"encoder_heads": 16}, r"encoder_heads=16 is not allowed: .* at least 6"),
         ({"num_registers": 1}, r"num_registers=1 is not allowed"),
         ({"loss_exp": 0.0}, r"loss_exp=0\.0 is not allowed: > 0"),
-        ({"patch_embed_init": "normal"}, r"patch_embed_init='normal' is not allowed: one of"),
+        (
+            {"patch_embed_init": "normal"},
+            r"patch_embed_init='normal' is not allowed: expected one of",
+        ),
         ({"ema_momentum": (0.99, 1.01)}, r"ema_momentum=\(0\.99, 1\.01\) is not allowed"),
         ({"img_size": 8}, r"the \(2, 1, 1\) tubelet grid does not fit V-JEPA 2's masks"),
     ],

@@ -50,9 +50,6 @@ def official_init_(module: nn.Module, blocks: nn.ModuleList) -> None:
         block.mlp.fc2.weight.div_(math.sqrt(2.0 * depth_index))
 
 
-PATCH_EMBED_INITS = ("official", "xavier")
-
-
 def init_jepa_encoder_(encoder: nn.Module, patch_embed_init: str) -> None:
     """A JEPA encoder's initialisation: `official_init_`, then, with patch_embed_init="xavier",
     the patch embedding re-drawn xavier-uniform over the flattened patch (the ViT default).
@@ -67,8 +64,7 @@ def init_jepa_encoder_(encoder: nn.Module, patch_embed_init: str) -> None:
     official_init_(encoder, encoder.blocks)
     if patch_embed_init == "xavier":
         weight = encoder.patch_embed.proj.weight
-        with torch.no_grad():
-            nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
+        nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
 
 
 def linear_momentum(step: int, total_steps: int, start: float, end: float) -> float:

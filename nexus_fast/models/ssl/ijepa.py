@@ -29,7 +29,7 @@ Differences from the official code, each on purpose:
 
 import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -42,7 +42,6 @@ from ..vit import VisionTransformer
 from ._base import EncoderConfig, SSLModel, frozen_copy
 from ._heads import pooled
 from ._predictor import (
-    PATCH_EMBED_INITS,
     JEPAPredictor,
     check_momentum_range,
     init_jepa_encoder_,
@@ -84,7 +83,7 @@ class JEPAConfig(EncoderConfig):
     per_batch_sizes: bool = False
     truncate: bool = False
     ema_momentum: tuple[float, float] = (0.996, 1.0)
-    patch_embed_init: str = "official"
+    patch_embed_init: Literal["official", "xavier"] = "official"
 
     def validate(self) -> None:
         super().validate()
@@ -104,12 +103,6 @@ class JEPAConfig(EncoderConfig):
             f"predictor_dim {self.predictor_dim}",
         )
         check_momentum_range("ema_momentum", self.ema_momentum)
-        require(
-            self.patch_embed_init in PATCH_EMBED_INITS,
-            "patch_embed_init",
-            self.patch_embed_init,
-            f"one of {', '.join(PATCH_EMBED_INITS)}",
-        )
         # The generator's own checks (ranges, blocks smaller than min_keep, a context that can
         # never keep min_keep patches), on a private generator so no random state moves.
         try:

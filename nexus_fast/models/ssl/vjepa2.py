@@ -32,7 +32,7 @@ Differences from the official code, each on purpose:
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -45,7 +45,6 @@ from ..vit import VisionTransformer
 from ._base import EncoderConfig, SSLModel, frozen_copy
 from ._heads import pooled
 from ._predictor import (
-    PATCH_EMBED_INITS,
     JEPAPredictor,
     check_momentum_range,
     init_jepa_encoder_,
@@ -86,7 +85,7 @@ class VJEPAConfig(EncoderConfig):
     loss_exp: float = 1.0
     truncate: bool = False
     ema_momentum: tuple[float, float] = (0.99925, 0.99925)
-    patch_embed_init: str = "official"
+    patch_embed_init: Literal["official", "xavier"] = "official"
 
     def validate(self) -> None:
         require(self.num_registers == 0, "num_registers", self.num_registers, "0 (RoPE encoder)")
@@ -112,12 +111,6 @@ class VJEPAConfig(EncoderConfig):
         )
         require(self.loss_exp > 0, "loss_exp", self.loss_exp, "> 0")
         check_momentum_range("ema_momentum", self.ema_momentum)
-        require(
-            self.patch_embed_init in PATCH_EMBED_INITS,
-            "patch_embed_init",
-            self.patch_embed_init,
-            f"one of {', '.join(PATCH_EMBED_INITS)}",
-        )
         try:
             self.masks(1, torch.Generator())
         except ValueError as error:
