@@ -109,6 +109,9 @@ ROWS: dict[str, tuple[str, dict]] = {
         {"model.decoder_groups": 1, "model.cls_loss": 0.0025, "steps": 600},
     ),
     "vjepa2-default": ("vjepa2", {}),
+    # 2026-12-05: the recipes run longer, evaluated every 400 steps on the way
+    "dinov2-2400": ("dinov2", {"steps": 2400, "eval_every": 400}),
+    "data2vec2-2000": ("data2vec2", {"steps": 2000, "eval_every": 400}),
 }
 
 
