@@ -112,6 +112,15 @@ ROWS: dict[str, tuple[str, dict]] = {
     # 2026-12-05: the recipes run longer, evaluated every 400 steps on the way
     "dinov2-2400": ("dinov2", {"steps": 2400, "eval_every": 400}),
     "data2vec2-2000": ("data2vec2", {"steps": 2000, "eval_every": 400}),
+    # 2026-12-06: I-JEPA's predictor underfits at lr 5e-4 and the encoder collapses at 2e-3
+    "ijepa-recipe": ("ijepa", {"eval_every": 100}),
+    "ijepa-two-large-targets": (
+        "ijepa",
+        {"model.num_targets": 2, "model.target_scale": (0.3, 0.45), "eval_every": 100},
+    ),
+    "ijepa-lr2e-3": ("ijepa", {"lr": 2e-3, "eval_every": 100}),
+    "data2vec2-recipe": ("data2vec2", {"eval_every": 200}),
+    "data2vec2-patch4": ("data2vec2", {"model.patch_size": 4, "eval_every": 200}),
 }
 
 
