@@ -119,6 +119,7 @@ ROWS: dict[str, tuple[str, dict]] = {
         {"model.num_targets": 2, "model.target_scale": (0.3, 0.45), "eval_every": 100},
     ),
     "ijepa-lr2e-3": ("ijepa", {"lr": 2e-3, "eval_every": 100}),
+    "ijepa-1000": ("ijepa", {"steps": 1000, "eval_every": 200}),
     "data2vec2-recipe": ("data2vec2", {"eval_every": 200}),
     "data2vec2-patch4": ("data2vec2", {"model.patch_size": 4, "eval_every": 200}),
 }
