@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nexus_fast import ops
 from nexus_fast.models.ssl.ijepa import JEPAModel
 from nexus_fast.train.evaluate import load_trained_model
 from nexus_fast.train.pretrain import load_dataset
@@ -48,26 +47,14 @@ def predictor_loss(model: JEPAModel, images: Tensor, shuffle: bool, seed: int) -
     """The training loss on `images`, the context optionally taken from other images."""
     torch.manual_seed(seed)  # the same masks for the real and the shuffled context
     masks = model.sample_masks(images.shape[0])
-    context, targets = masks.context, masks.targets
-    tokens = model.encoder.forward_features(images, ids=context.ids, valid=context.valid)
-    context_tokens = tokens.patch_tokens
+    context = masks.context
+    context_tokens = model.encoder.forward_features(
+        images, ids=context.ids, valid=context.valid
+    ).patch_tokens
     if shuffle:
         context_tokens = context_tokens[torch.randperm(images.shape[0])]
-    predictions = model.predictor(
-        context_tokens,
-        context.ids,
-        targets.ids,
-        context_valid=context.valid,
-        target_valid=targets.valid,
-    )
-    loss = ops.jepa_loss(
-        predictions.flatten(1, 2),
-        model.target_encoder.forward_features(images).patch_tokens,
-        targets.ids.flatten(1),
-        valid=targets.valid.flatten(1),
-        loss="smooth_l1",
-    )
-    return loss.item()
+    target_tokens = model.target_encoder.forward_features(images).patch_tokens
+    return model.prediction_loss(context_tokens, target_tokens, masks).item()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -239,20 +239,7 @@ class JEPAModel(SSLModel):
         context_tokens = self.encoder.forward_features(
             images, ids=context.ids, valid=context.valid
         ).patch_tokens  # (B, Nc, D)
-        predictions = self.predictor(
-            context_tokens,
-            context.ids,
-            targets.ids,
-            context_valid=context.valid,
-            target_valid=targets.valid,
-        )  # (B, 4, Nt, D)
-        loss = ops.jepa_loss(
-            predictions.flatten(1, 2),
-            target_tokens,
-            targets.ids.flatten(1),
-            valid=targets.valid.flatten(1),
-            loss="smooth_l1",
-        )
+        loss = self.prediction_loss(context_tokens, target_tokens, masks)
         metrics = {
             "loss": loss.detach(),
             "embedding_std": embedding_std(target_tokens.mean(dim=1)),
@@ -260,6 +247,32 @@ class JEPAModel(SSLModel):
             "target_size": targets.lengths.float().mean(),
         }
         return loss, metrics
+
+    def prediction_loss(
+        self, context_tokens: Tensor, target_tokens: Tensor, masks: MultiBlockMask
+    ) -> Tensor:
+        """The predictor's smooth-L1 loss against the layer-normed target tokens.
+
+        Args:
+            context_tokens: (B, Nc, D), the encoder's output on `masks.context`.
+            target_tokens: (B, L, D), the target encoder's output on the whole image.
+            masks: the step's masks.
+        """
+        context, targets = masks.context, masks.targets
+        predictions = self.predictor(
+            context_tokens,
+            context.ids,
+            targets.ids,
+            context_valid=context.valid,
+            target_valid=targets.valid,
+        )  # (B, 4, Nt, D)
+        return ops.jepa_loss(
+            predictions.flatten(1, 2),
+            target_tokens,
+            targets.ids.flatten(1),
+            valid=targets.valid.flatten(1),
+            loss="smooth_l1",
+        )
 
     def evaluation_encoder(self) -> VisionTransformer:
         """The target encoder: the one `encode` evaluates."""
