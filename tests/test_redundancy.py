@@ -148,9 +148,13 @@ def _assert_matches_reference(
     exact_values, low_values = exact.named(), low.named()
     assert set(actual.named()) == set(exact_values)
     for name, value in actual.named().items():
-        floor = FLOOR * max(1.0, exact_values[name].abs().max().item())
         assert_within_reference_error(
-            value.cpu(), low_values[name], exact_values[name], floor=floor, msg=f"{loss} {name}:"
+            value.cpu(),
+            low_values[name],
+            exact_values[name],
+            floor=FLOOR,
+            relative_floor=FLOOR,
+            msg=f"{loss} {name}:",
         )
 
 
