@@ -33,12 +33,13 @@ def _pretrain(args: argparse.Namespace) -> int:
     from .train.pretrain import pretrain, summary
     from .train.settings import run_overrides
 
-    overrides = run_overrides(args.method, args.config, args.set, args.steps, args.epochs)
+    overrides = run_overrides(args.method, args.config, args.set, args.steps)
     out = args.out or f"runs/{args.method}"
     results = pretrain(
         args.method,
         dataset=args.dataset,
         overrides=overrides,
+        epochs=args.epochs,
         out_dir=out,
         device=args.device,
         resume=args.resume,

@@ -8,7 +8,12 @@ import pytest
 from PIL import Image
 
 from nexus_fast.cli import main
-from nexus_fast.train.settings import parse_assignment, read_config_file, run_overrides
+from nexus_fast.train.settings import (
+    epoch_overrides,
+    parse_assignment,
+    read_config_file,
+    run_overrides,
+)
 
 TINY = [
     "--set=model.encoder_dim=32",
@@ -38,14 +43,27 @@ def test_set_values_are_python_literals_or_strings():
         parse_assignment("lr")
 
 
-def test_config_file_model_table_and_epochs(tmp_path):
+def test_config_file_model_table_and_steps(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text('lr = 0.001\noptimizer = "lars"\n[model]\nencoder_depth = 2\n')
     assert read_config_file(path) == {"lr": 0.001, "optimizer": "lars", "model.encoder_depth": 2}
-    overrides = run_overrides("vicreg", str(path), ["lr=0.002"], epochs=2, num_samples=1000)
+    overrides = run_overrides("vicreg", str(path), ["lr=0.002"], steps=8)
     assert overrides["lr"] == 0.002  # --set wins over the file
-    assert overrides["steps"] == 8  # ceil(2 * 1000 / 256)
+    assert overrides["steps"] == 8
     assert overrides["warmup_steps"] == 0  # the default warmup (30) does not fit in 8 steps
+
+
+def test_epochs_and_epoch_length_follow_the_data_set_size():
+    sized = epoch_overrides("vicreg", {"lr": 0.002}, num_samples=1000, epochs=2)
+    assert sized["steps"] == 8  # ceil(2 * 1000 / 256)
+    assert sized["steps_per_epoch"] == 4  # round(1000 / 256)
+    assert sized["warmup_steps"] == 0 and sized["lr"] == 0.002
+    # The built-in training set (8,000 images) at batch 256; an explicit setting is kept.
+    assert epoch_overrides("vicreg", {}, 8000)["steps_per_epoch"] == 31
+    assert "steps" not in epoch_overrides("vicreg", {}, 8000)
+    assert epoch_overrides("vicreg", {"steps_per_epoch": 7}, 8000)["steps_per_epoch"] == 7
+    with pytest.raises(ValueError, match="--epochs 0 is not allowed"):
+        epoch_overrides("vicreg", {}, 8000, epochs=0)
 
 
 def test_unknown_trainer_key_lists_the_valid_ones(capsys):
@@ -70,13 +88,14 @@ def test_unknown_view_key_lists_the_augmentation_fields(capsys, tmp_path):
         (["pretrain", "--set", "lr=-1"], "lr"),
         (["pretrain", "--set", "optimizer=sgd"], "optimizer"),
         (["pretrain", "--steps", "0"], "--steps"),
+        (["pretrain", "--epochs", "-1", "--out", "{tmp}"], "--epochs -1.0"),
         (["pretrain", "--config", "missing.toml"], "missing.toml"),
         (["pretrain", "--dataset", "no/such/folder"], "no/such/folder"),
         (["eval", "knn", "--checkpoint", "no/such/run"], "no/such/run"),
     ],
 )
-def test_bad_values_name_the_value(capsys, argv, named):
-    assert named in _error(capsys, argv)
+def test_bad_values_name_the_value(capsys, tmp_path, argv, named):
+    assert named in _error(capsys, [arg.replace("{tmp}", str(tmp_path)) for arg in argv])
 
 
 @pytest.mark.parametrize(
@@ -130,3 +149,15 @@ def test_pretrain_on_a_folder_then_eval_knn(tmp_path, capsys):
     assert "layer_decay" in capsys.readouterr().err
     assert main(["eval", "knn", "--checkpoint", str(run), "--set", "epochs=1"]) == 2
     assert "for `eval finetune` only" in capsys.readouterr().err
+
+
+def test_epochs_count_passes_over_the_folder(tmp_path, capsys):
+    # 24 images, 80% for training: 19; one epoch at batch 8 is ceil(19 / 8) = 3 steps.
+    _image_folder(tmp_path / "data")
+    run = tmp_path / "run"
+    argv = ["pretrain", "--dataset", str(tmp_path / "data"), "--epochs", "1", "--out", str(run)]
+    assert main([*argv, *TINY, "--no-linear", "--device", "cpu", "--set", "log_every=1"]) == 0
+    assert json.loads((run / "results.json").read_text())["steps"] == 3
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [entry["epoch"] for entry in logged if "loss" in entry]
+    assert epochs[-1] == pytest.approx(3 / 2)  # steps_per_epoch = round(19 / 8) = 2

@@ -25,6 +25,7 @@ from ..eval import effective_rank, embedding_std, extract_features, knn_accuracy
 from .checkpoint import latest_checkpoint
 from .config import TrainConfig
 from .recipes import PIXEL_MEAN, PIXEL_STD, get_recipe, make_inputs
+from .settings import epoch_overrides
 from .trainer import Trainer
 
 
@@ -167,13 +168,16 @@ def pretrain(
     *,
     dataset: str = "animal-shapes",
     overrides: dict | None = None,
+    epochs: float | None = None,
     out_dir: str | Path = "runs/run",
     device: str | None = None,
     resume: bool = False,
     progress: bool = True,
     linear: bool = True,
 ) -> dict:
-    """Trains `method` on `dataset` and scores it; returns (and writes to results.json)
+    """Trains `method` on `dataset` and scores it (for `epochs` passes over the training set
+    when given, else for the recipe's or the overrides' steps); returns (and writes to
+    results.json)
     {"method", "steps", "minutes", "random_init": scores, "pretrained": scores,
     "raw_pixels_knn"} (scores: knn, linear, embedding_std, effective_rank)."""
     out_dir = Path(out_dir)
@@ -189,6 +193,12 @@ def pretrain(
     split = load_dataset(
         dataset, recipe.video, size=model.config.img_size, channels=model.config.in_chans
     )
+    # The run's length in steps may depend on the data set's size (--epochs): rebuilt from the
+    # same seed, the model is the same.
+    sized = epoch_overrides(method, overrides or {}, split.train.shape[0], epochs)
+    if sized["steps_per_epoch"] != config.steps_per_epoch or epochs is not None:
+        torch.manual_seed(seed)
+        recipe, model, config = build_run(method, sized)
     trainer = Trainer(
         model,
         config,

@@ -87,7 +87,8 @@ def _recipe(
     view: dict | None = None,
     local_view: dict | None = None,
 ) -> Recipe:
-    common = {"steps": 300, "batch_size": 256, "warmup_steps": 30, "steps_per_epoch": 31}
+    # steps_per_epoch follows the data set's size (settings.epoch_overrides).
+    common = {"steps": 300, "batch_size": 256, "warmup_steps": 30}
     return Recipe(
         method,
         model_class,
@@ -161,7 +162,7 @@ RECIPES: dict[str, Recipe] = {
             "predictor_heads": 4,
             "ema_momentum": (0.99, 1.0),
         },
-        {"lr": 1e-3, "weight_decay": 0.04, "batch_size": 64, "steps_per_epoch": 125},
+        {"lr": 1e-3, "weight_decay": 0.04, "batch_size": 64},
         video=True,
     ),
     "dinov2": _recipe(

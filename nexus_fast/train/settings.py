@@ -1,5 +1,6 @@
-"""The settings of a pretrain command: a config file, --set key=value pairs and --steps or
---epochs, merged in that order into one dict of overrides for `pretrain`.
+"""The settings of a pretrain command: a config file, --set key=value pairs and --steps, merged
+in that order into one dict of overrides for `pretrain`; --epochs and the epoch length, which
+depend on the data set's size, once it is loaded (`epoch_overrides`).
 
 Keys are TrainConfig fields (steps, batch_size, lr, ...) or model.<field> for the method's model
 config; `build_run` rejects unknown ones with the list of valid keys. Values on the command line
@@ -57,23 +58,39 @@ def run_overrides(
     config_file: str | None = None,
     assignments: list[str] | None = None,
     steps: int | None = None,
-    epochs: float | None = None,
-    num_samples: int = 8000,
 ) -> dict:
-    """The merged overrides. --epochs N becomes steps = ceil(N * num_samples / batch_size);
-    the warmup is kept within the run (10% of it when the default warmup would not fit)."""
+    """The merged overrides of a config file, --set assignments and --steps (--epochs depends on
+    the data set's size: `epoch_overrides` converts it once the data is loaded)."""
     overrides = read_config_file(config_file) if config_file else {}
     overrides.update(parse_assignment(text) for text in assignments or [])
-    recipe = get_recipe(method)
-    merged = {**recipe.train, **overrides}
-    if epochs is not None:
-        if epochs <= 0:
-            raise ValueError(f"--epochs {epochs} is not allowed: a positive number")
-        steps = math.ceil(epochs * num_samples / merged["batch_size"])
     if steps is not None:
         if steps < 1:
             raise ValueError(f"--steps {steps} is not allowed: an integer >= 1")
-        overrides["steps"] = steps
-        if "warmup_steps" not in overrides and merged.get("warmup_steps", 0) > steps:
-            overrides["warmup_steps"] = steps // 10
+        overrides = _with_steps(method, overrides, steps)
+    return overrides
+
+
+def epoch_overrides(
+    method: str, overrides: dict, num_samples: int, epochs: float | None = None
+) -> dict:
+    """`overrides` with the epoch length of a training set of `num_samples`: steps_per_epoch =
+    round(num_samples / batch_size) unless set (what the epoch-based schedules and the logged
+    epoch count read), and for --epochs N, steps = ceil(N * num_samples / batch_size)."""
+    batch_size = {**get_recipe(method).train, **overrides}["batch_size"]
+    overrides = dict(overrides)
+    overrides.setdefault("steps_per_epoch", max(1, round(num_samples / batch_size)))
+    if epochs is not None:
+        if not epochs > 0:
+            raise ValueError(f"--epochs {epochs} is not allowed: a positive number")
+        overrides = _with_steps(method, overrides, math.ceil(epochs * num_samples / batch_size))
+    return overrides
+
+
+def _with_steps(method: str, overrides: dict, steps: int) -> dict:
+    """overrides with `steps`, the warmup kept within the run (10% of it when the default
+    warmup would not fit)."""
+    merged = {**get_recipe(method).train, **overrides}
+    overrides = {**overrides, "steps": steps}
+    if "warmup_steps" not in overrides and merged.get("warmup_steps", 0) > steps:
+        overrides["warmup_steps"] = steps // 10
     return overrides
