@@ -229,11 +229,12 @@ def test_sigterm_checkpoints_and_returns(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
-def _distributed_run(rank: int, world_size: int, folder: str):
+def _distributed_run(rank: int, world_size: int, folder: str, mode: str = "ddp"):
     """Trains 3 steps; returns the gradients the optimizer saw at each step and the final
     batch-norm statistics. Gradients, not weights, are compared: AdamW turns the rounding noise
     of parameters whose true gradient is zero (the key bias, a LayerNorm bias that the
-    projector's batch norm cancels) into full-size updates that differ between reduction orders."""
+    projector's batch norm cancels) into full-size updates that differ between reduction orders.
+    Under FSDP2 (`mode="fsdp"`) each rank holds a shard of every gradient: gathered whole."""
     torch.manual_seed(0)
     model = BarlowTwinsModel(MODEL)
     data = _data()
@@ -242,29 +243,37 @@ def _distributed_run(rank: int, world_size: int, folder: str):
         batch = data[indices]
         return (batch, batch.flip(-1) * 0.5), {}
 
-    config = _config(steps=3, lr=1e-2)
-    trainer = Trainer(model, config, inputs, SAMPLES, f"{folder}/{world_size}", progress=False)
+    config = _config(steps=3, lr=1e-2, distributed=mode)
+    out = f"{folder}/{mode}{world_size}"
+    trainer = Trainer(model, config, inputs, SAMPLES, out, progress=False)
     seen: list[list[torch.Tensor]] = []
     step = trainer.optimizer.step
 
     statistics: list[torch.Tensor] = []
 
+    def whole(gradient: torch.Tensor) -> torch.Tensor:
+        return gradient.full_tensor() if hasattr(gradient, "full_tensor") else gradient.clone()
+
     def recording_step(*args, **kwargs):
-        seen.append([p.grad.clone() for p in trainer.model.parameters() if p.grad is not None])
+        seen.append([whole(p.grad) for p in trainer.model.parameters() if p.grad is not None])
         if not statistics:  # after the first forward, which every run makes from equal weights
             statistics.extend(b.clone() for n, b in trainer.model.named_buffers() if "running" in n)
         return step(*args, **kwargs)
 
     trainer.optimizer.step = recording_step
     trainer.fit()
-    return seen, statistics
+    sharded = any(hasattr(p, "full_tensor") for p in trainer.model.parameters())
+    return seen, statistics, sharded
 
 
-def test_two_gloo_processes_equal_one_process(tmp_path):
-    two = run_distributed(_distributed_run, 2, str(tmp_path))
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_gloo_processes_equal_one_process(tmp_path, mode):
+    two = run_distributed(_distributed_run, 2, str(tmp_path), mode)
     one = _distributed_run(0, 1, str(tmp_path))
+    assert not one[2]
     for rank in range(2):
-        grads, statistics = two[rank]
+        grads, statistics, sharded = two[rank]
+        assert sharded == (mode == "fsdp")  # FSDP2's parameters are DTensor shards
         assert len(grads) == len(one[0]) == 3 and len(statistics) == len(one[1]) > 0
         # Step 1 starts from the same weights: the gradients agree to rounding. Later steps
         # start from weights that differ by the noise above, so they agree less tightly (a
