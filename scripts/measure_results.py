@@ -122,6 +122,9 @@ ROWS: dict[str, tuple[str, dict]] = {
     "ijepa-1000": ("ijepa", {"steps": 1000, "eval_every": 200}),
     "data2vec2-recipe": ("data2vec2", {"eval_every": 200}),
     "data2vec2-patch4": ("data2vec2", {"model.patch_size": 4, "eval_every": 200}),
+    # 2026-12-07: V-JEPA 2 sees 2.4 epochs of clips in the recipe's 300 steps of 64.
+    "vjepa2-recipe": ("vjepa2", {"eval_every": 100}),
+    "vjepa2-1200": ("vjepa2", {"steps": 1200, "eval_every": 300}),
 }
 
 
