@@ -130,6 +130,7 @@ ROWS: dict[str, tuple[str, dict]] = {
     "vjepa2-fast": ("vjepa2", {**VJEPA2_FAST, "eval_every": 100}),
     "vjepa2-fast-1200": ("vjepa2", {**VJEPA2_FAST, "steps": 1200, "eval_every": 300}),
     "vjepa2-slow": ("vjepa2", {"lr": 5e-4, "model.ema_momentum": (0.996, 1.0), "eval_every": 100}),
+    "vjepa2-1200": ("vjepa2", {"steps": 1200, "eval_every": 200}),
     "vjepa2-slow-xavier": (
         "vjepa2",
         {
