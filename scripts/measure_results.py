@@ -131,6 +131,15 @@ ROWS: dict[str, tuple[str, dict]] = {
     "vjepa2-fast-1200": ("vjepa2", {**VJEPA2_FAST, "steps": 1200, "eval_every": 300}),
     "vjepa2-slow": ("vjepa2", {"lr": 5e-4, "model.ema_momentum": (0.996, 1.0), "eval_every": 100}),
     "vjepa2-1200": ("vjepa2", {"steps": 1200, "eval_every": 200}),
+    # 2026-12-07, second session: DINOv2's cls token plateaus below the pixels (88.85% at 2400
+    # steps); 400-step probes of the recipe's lr, local-crop scale and prototype count
+    "dinov2-400": ("dinov2", {"eval_every": 100}),
+    "dinov2-400-large-locals": ("dinov2", {"local.scale": (0.3, 0.6), "eval_every": 100}),
+    "dinov2-400-lr2e-3": ("dinov2", {"lr": 2e-3, "eval_every": 100}),
+    "dinov2-400-proto1024": (
+        "dinov2",
+        {"model.dino_prototypes": 1024, "model.ibot_prototypes": 1024, "eval_every": 100},
+    ),
     "vjepa2-slow-xavier": (
         "vjepa2",
         {

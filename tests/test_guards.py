@@ -1,15 +1,17 @@
-"""Pitfall guards (nexus_fast.train.guards): a collapsed embedding warns once with the
-remedies; a batch too small for a batch-statistics loss warns; healthy runs stay silent."""
+"""Pitfall guards (nexus_fast.train.guards): a collapsed embedding, or one that lost half its
+effective rank, warns once with the remedies; a batch too small for a batch-statistics loss
+warns; healthy runs stay silent."""
 
 import warnings
 
 import pytest
 import torch
 
-from nexus_fast.eval.collapse import embedding_std
+from nexus_fast.eval.collapse import effective_rank, embedding_std
 from nexus_fast.models.ssl import MAE, DINOv2Model, VICRegModel
 from nexus_fast.train.guards import (
     CollapseMonitor,
+    RankMonitor,
     TrainingWarning,
     check_statistics_batch,
 )
@@ -27,6 +29,38 @@ def test_collapsed_embeddings_warn_once_with_the_remedies() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert monitor.update(13, {"embedding_std": 0.0}) is None  # once
+
+
+def test_a_dimensional_collapse_warns_once_though_the_spread_stays() -> None:
+    """Embeddings squeezed onto 4 of 64 directions keep their per-dimension spread (so the
+    embedding_std alarm stays silent) but lose most of their effective rank."""
+    generator = torch.Generator().manual_seed(0)
+    spread = torch.randn(256, 64, generator=generator)
+    squeezed = torch.randn(256, 4, generator=generator) @ torch.randn(4, 64, generator=generator)
+    assert (
+        CollapseMonitor(after_step=0).update(5, {"embedding_std": float(embedding_std(squeezed))})
+        is None
+    )
+    full, low = float(effective_rank(spread)), float(effective_rank(squeezed))
+    assert low < RankMonitor().drop * full
+    monitor = RankMonitor()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert monitor.update(0, {"effective_rank": full}) is None  # the reference
+        assert monitor.update(1, {"effective_rank": 0.6 * full}) is None  # healthy runs dip
+        assert monitor.update(2, {"knn": 0.5}) is None  # an evaluation without the indicator
+    with pytest.warns(TrainingWarning, match="dimensional collapse at step 3") as caught:
+        monitor.update(3, {"effective_rank": low})
+    assert f"highest {full:.1f}" in str(caught[0].message)
+    assert "learning rate" in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert monitor.update(4, {"effective_rank": 1.0}) is None  # once
+
+
+def test_the_rank_drop_must_be_a_fraction() -> None:
+    with pytest.raises(ValueError, match=r"drop=1\.5 .*\(0, 1\)"):
+        RankMonitor(drop=1.5)
 
 
 def test_a_small_batch_for_batch_statistics_warns() -> None:

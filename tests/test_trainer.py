@@ -309,3 +309,26 @@ def test_collapsed_embeddings_warn_during_training(tmp_path):
     )
     with pytest.warns(TrainingWarning, match="collapse at step 2"):
         trainer.fit()
+
+
+def test_a_falling_effective_rank_warns_during_training(tmp_path):
+    """The trainer shows every evaluation to its RankMonitor: ranks 30 (what pretrain shows
+    first: the random-init encoder's), 20, then 9 warn at the evaluation of step 4."""
+    from nexus_fast.train.guards import TrainingWarning
+
+    ranks = iter([20.0, 9.0, 9.0])
+    torch.manual_seed(0)
+    trainer = Trainer(
+        BarlowTwinsModel(MODEL),
+        _config(steps=6, eval_every=2, checkpoint_every=100),
+        _inputs(_data()),
+        SAMPLES,
+        tmp_path,
+        device="cpu",
+        progress=False,
+        evaluate=lambda model, step: {"effective_rank": next(ranks)},
+    )
+    trainer.rank_monitor.update(0, {"effective_rank": 30.0})
+    with pytest.warns(TrainingWarning, match="dimensional collapse at step 4") as caught:
+        trainer.fit()
+    assert sum("dimensional collapse" in str(w.message) for w in caught) == 1

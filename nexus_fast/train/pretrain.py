@@ -216,6 +216,8 @@ def pretrain(
         },
     )
     random_init = score(model, split, trainer.device, linear=linear) if not resume else None
+    if random_init is not None:
+        trainer.rank_monitor.update(0, random_init)  # the rank to keep: the fresh encoder's
     started = time.perf_counter()
     outcome = trainer.fit(resume=resume)
     minutes = (time.perf_counter() - started) / 60

@@ -42,7 +42,7 @@ from .distributed import (
     unwrap,
     wrap_model,
 )
-from .guards import CollapseMonitor, check_statistics_batch
+from .guards import CollapseMonitor, RankMonitor, check_statistics_batch
 from .logging import HISTORY_FILE, History, ProgressBar, TensorBoard, plot_history
 from .optim import build_optimizer, check_param_groups, default_param_groups
 from .schedules import cosine_schedule_with_warmup
@@ -146,6 +146,8 @@ class Trainer:
         )
         # Pitfall guards (guards.py): each warns once, on rank 0.
         self._collapse = CollapseMonitor(after_step=max(config.warmup_steps, 1))
+        # Fed every evaluation's metrics; pretrain shows it the random-init scores first.
+        self.rank_monitor = RankMonitor()
         if self.rank == 0:
             forward_batch = config.batch_size // (self.world_size * config.accumulation)
             check_statistics_batch(self.model, forward_batch, self.world_size)
@@ -339,6 +341,7 @@ class Trainer:
             return {}
         metrics = self.evaluate(self.model, self.step)
         if self.rank == 0:
+            self.rank_monitor.update(self.step, metrics)
             history.write(
                 {
                     "step": self.step,
