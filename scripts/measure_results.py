@@ -135,10 +135,18 @@ ROWS: dict[str, tuple[str, dict]] = {
     # steps); 400-step probes of the recipe's lr, local-crop scale and prototype count
     "dinov2-400": ("dinov2", {"eval_every": 100}),
     "dinov2-400-large-locals": ("dinov2", {"local.scale": (0.3, 0.6), "eval_every": 100}),
-    "dinov2-400-lr2e-3": ("dinov2", {"lr": 2e-3, "eval_every": 100}),
-    "dinov2-400-proto1024": (
+    "dinov2-400-large-locals-lr2e-3": (
         "dinov2",
-        {"model.dino_prototypes": 1024, "model.ibot_prototypes": 1024, "eval_every": 100},
+        {"local.scale": (0.3, 0.6), "lr": 2e-3, "eval_every": 100},
+    ),
+    "dinov2-400-large-locals-proto1024": (
+        "dinov2",
+        {
+            "local.scale": (0.3, 0.6),
+            "model.dino_prototypes": 1024,
+            "model.ibot_prototypes": 1024,
+            "eval_every": 100,
+        },
     ),
     "vjepa2-slow-xavier": (
         "vjepa2",
