@@ -148,6 +148,10 @@ ROWS: dict[str, tuple[str, dict]] = {
             "eval_every": 100,
         },
     ),
+    "dinov2-2400-large-locals": (
+        "dinov2",
+        {"local.scale": (0.3, 0.6), "steps": 2400, "eval_every": 400},
+    ),
     "vjepa2-slow-xavier": (
         "vjepa2",
         {
