@@ -54,6 +54,7 @@ VJEPA2_FAST = {"lr": 1e-3, "model.ema_momentum": (0.99, 1.0)}
 ROWS: dict[str, tuple[str, dict]] = {
     "vicreg-default": ("vicreg", {}),
     "vicreg-1000": ("vicreg", {"steps": 1000}),
+    "vicreg-1500": ("vicreg", {"steps": 1500, "eval_every": 250}),
     "barlow_twins-default": ("barlow_twins", {}),
     "barlow_twins-1200": ("barlow_twins", {"steps": 1200}),
     "barlow_twins-1500": ("barlow_twins", {"steps": 1500}),
