@@ -153,6 +153,19 @@ ROWS: dict[str, tuple[str, dict]] = {
         "dinov2",
         {"local.scale": (0.3, 0.6), "steps": 2400, "eval_every": 400},
     ),
+    # 2026-12-07, third session: DINOv2's teacher ends nearly one-hot at temperature 0.01
+    # (entropy 0.61 of ln 256 = 5.55 at step 2400 of dinov2-2400); a teacher that softens to
+    # 0.03 over 30 epochs, as the official one warms from 0.04 to 0.07, keeps the sharp start
+    "dinov2-2400-softer-teacher": (
+        "dinov2",
+        {
+            "model.warmup_teacher_temp": 0.01,
+            "model.teacher_temp": 0.03,
+            "model.warmup_teacher_temp_epochs": 30.0,
+            "steps": 2400,
+            "eval_every": 400,
+        },
+    ),
     "vjepa2-slow-xavier": (
         "vjepa2",
         {
