@@ -1,5 +1,5 @@
 """What I-JEPA and V-JEPA 2 share: the narrow-ViT predictor, the official initialisation of their
-transformers, and the EMA momentum schedule.
+transformers, the EMA momentum schedule, and the target-encoder bookkeeping (JEPATeacherModel).
 
 The predictor (facebookresearch/ijepa src/models/vision_transformer.py VisionTransformerPredictor;
 facebookresearch/vjepa2 src/models/predictor.py) maps the context encoder's tokens to its own
@@ -24,6 +24,9 @@ from ... import ops
 from ...config import require
 from ...layers import Block, RotaryEmbedding3D, TokenLayout, sincos_pos_embed
 from ...layers.attention import DENSE
+from ..vit import VisionTransformer
+from ._base import SSLModel, frozen_copy
+from ._heads import pooled
 
 INIT_STD = 0.02  # the official init_std of every linear layer, conv and mask token
 
@@ -76,6 +79,62 @@ def linear_momentum(step: int, total_steps: int, start: float, end: float) -> fl
     if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= total_steps:
         raise ValueError(f"step={step!r} is not allowed: an integer in [0, {total_steps}]")
     return start + step * (end - start) / total_steps
+
+
+class JEPATeacherModel(SSLModel):
+    """Base of I-JEPA and V-JEPA 2: an encoder, its EMA target encoder (the evaluated one), a
+    predictor, and the official initialisation of both transformers.
+
+    Subclasses build `self.encoder` and `self.predictor`, then call `_attach_target_encoder`;
+    their config has `patch_embed_init` and `ema_momentum`.
+    """
+
+    encoder: VisionTransformer
+    predictor: nn.Module
+    target_encoder: VisionTransformer
+
+    def _attach_target_encoder(self, device) -> None:
+        if device is None or torch.device(device).type != "meta":
+            # The official initialisation (truncated normal, residual projections rescaled by
+            # depth), not the ViT's MAE-style default.
+            init_jepa_encoder_(self.encoder, self.config.patch_embed_init)
+        # The target encoder starts as an exact copy and then only follows the EMA.
+        self.target_encoder = frozen_copy(self.encoder).eval()
+
+    def init_weights(self) -> None:
+        """The official initialisation of every parameter, the target encoder a copy of the
+        encoder (e.g. after building on the meta device and `to_empty(device=...)`)."""
+        self.encoder.init_weights()  # position tables and tokens
+        init_jepa_encoder_(self.encoder, self.config.patch_embed_init)
+        self.predictor.init_weights()
+        with torch.no_grad():
+            for teacher, student in zip(
+                self.target_encoder.parameters(), self.encoder.parameters()
+            ):
+                teacher.copy_(student)
+
+    def train(self, mode: bool = True) -> "JEPATeacherModel":
+        """The target encoder always runs in eval mode: no stochastic depth in the targets
+        (the official configurations have none anyway)."""
+        super().train(mode)
+        self.target_encoder.eval()
+        return self
+
+    def evaluation_encoder(self) -> VisionTransformer:
+        """The target encoder: the one `encode` evaluates."""
+        return self.target_encoder
+
+    def encode(self, x: Tensor) -> Tensor:
+        """(B, D): the mean pool of the target encoder's patch tokens (I-JEPA's official
+        evaluation features; V-JEPA 2's official attentive probe is nexus_fast.eval's)."""
+        return pooled(self.target_encoder.forward_features(x), "mean")
+
+    def teacher_pairs(self):
+        yield self.target_encoder, self.encoder
+
+    def momentum(self, step: int, total_steps: int) -> float:
+        """Linear from ema_momentum[0] to ema_momentum[1] over total_steps optimizer steps."""
+        return linear_momentum(step, total_steps, *self.config.ema_momentum)
 
 
 def check_momentum_range(key: str, value: tuple[float, float]) -> None:

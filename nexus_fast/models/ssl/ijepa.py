@@ -39,14 +39,8 @@ from ...config import require
 from ...eval.collapse import embedding_std
 from ...masking import MultiBlockMask, multiblock_mask
 from ..vit import VisionTransformer
-from ._base import EncoderConfig, SSLModel, frozen_copy
-from ._heads import pooled
-from ._predictor import (
-    JEPAPredictor,
-    check_momentum_range,
-    init_jepa_encoder_,
-    linear_momentum,
-)
+from ._base import EncoderConfig, SSLModel
+from ._predictor import JEPAPredictor, JEPATeacherModel, check_momentum_range
 
 
 @dataclass
@@ -140,7 +134,7 @@ class JEPAConfig(EncoderConfig):
         )
 
 
-class JEPAModel(SSLModel):
+class JEPAModel(JEPATeacherModel):
     """I-JEPA: `loss, metrics = model(images)`; `model.encode(images)` for evaluation.
 
     Args:
@@ -177,31 +171,7 @@ class JEPAModel(SSLModel):
             grad_checkpointing=config.grad_checkpointing,
             device=device,
         )
-        if device is None or torch.device(device).type != "meta":
-            # The official initialisation (truncated normal, residual projections rescaled by
-            # depth), not the ViT's MAE-style default.
-            init_jepa_encoder_(self.encoder, config.patch_embed_init)
-        # The target encoder starts as an exact copy and then only follows the EMA.
-        self.target_encoder = frozen_copy(self.encoder).eval()
-
-    def init_weights(self) -> None:
-        """The official initialisation of every parameter, the target encoder a copy of the
-        encoder (e.g. after building on the meta device and `to_empty(device=...)`)."""
-        self.encoder.init_weights()  # position tables and tokens
-        init_jepa_encoder_(self.encoder, self.config.patch_embed_init)
-        self.predictor.init_weights()
-        with torch.no_grad():
-            for teacher, student in zip(
-                self.target_encoder.parameters(), self.encoder.parameters()
-            ):
-                teacher.copy_(student)
-
-    def train(self, mode: bool = True) -> "JEPAModel":
-        """The target encoder always runs in eval mode: no stochastic depth in the targets
-        (the official configurations have none anyway)."""
-        super().train(mode)
-        self.target_encoder.eval()
-        return self
+        self._attach_target_encoder(device)
 
     def sample_masks(
         self, batch_size: int, device: torch.device | str | None = None
@@ -273,22 +243,6 @@ class JEPAModel(SSLModel):
             valid=targets.valid.flatten(1),
             loss="smooth_l1",
         )
-
-    def evaluation_encoder(self) -> VisionTransformer:
-        """The target encoder: the one `encode` evaluates."""
-        return self.target_encoder
-
-    def encode(self, images: Tensor) -> Tensor:
-        """(B, D): the average pool of the target encoder's patch tokens (the official
-        evaluation features)."""
-        return pooled(self.target_encoder.forward_features(images), "mean")
-
-    def teacher_pairs(self):
-        yield self.target_encoder, self.encoder
-
-    def momentum(self, step: int, total_steps: int) -> float:
-        """Linear from ema_momentum[0] to ema_momentum[1] over total_steps optimizer steps."""
-        return linear_momentum(step, total_steps, *self.config.ema_momentum)
 
     def _check_images(self, images: Tensor) -> None:
         config = self.config

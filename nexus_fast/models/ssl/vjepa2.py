@@ -42,14 +42,8 @@ from ...config import require
 from ...eval.collapse import embedding_std
 from ...masking import TubeMask, vjepa2_tube_masks
 from ..vit import VisionTransformer
-from ._base import EncoderConfig, SSLModel, frozen_copy
-from ._heads import pooled
-from ._predictor import (
-    JEPAPredictor,
-    check_momentum_range,
-    init_jepa_encoder_,
-    linear_momentum,
-)
+from ._base import EncoderConfig, SSLModel
+from ._predictor import JEPAPredictor, JEPATeacherModel, check_momentum_range
 
 # The mask generators, in the order vjepa2_tube_masks returns them; each has its mask token.
 MASK_GENERATORS = ("short_range", "long_range")
@@ -142,7 +136,7 @@ class VJEPAConfig(EncoderConfig):
         )
 
 
-class VJEPAModel(SSLModel):
+class VJEPAModel(JEPATeacherModel):
     """V-JEPA 2: `loss, metrics = model(video)` for video (B, C, T, H, W); `model.encode(video)`.
 
     Args:
@@ -181,31 +175,7 @@ class VJEPAModel(SSLModel):
             grad_checkpointing=config.grad_checkpointing,
             device=device,
         )
-        if device is None or torch.device(device).type != "meta":
-            # The official initialisation (truncated normal, residual projections rescaled by
-            # depth), not the ViT's MAE-style default.
-            init_jepa_encoder_(self.encoder, config.patch_embed_init)
-        # The target encoder starts as an exact copy and then only follows the EMA.
-        self.target_encoder = frozen_copy(self.encoder).eval()
-
-    def init_weights(self) -> None:
-        """The official initialisation of every parameter, the target encoder a copy of the
-        encoder (e.g. after building on the meta device and `to_empty(device=...)`)."""
-        self.encoder.init_weights()  # position tables and tokens
-        init_jepa_encoder_(self.encoder, self.config.patch_embed_init)
-        self.predictor.init_weights()
-        with torch.no_grad():
-            for teacher, student in zip(
-                self.target_encoder.parameters(), self.encoder.parameters()
-            ):
-                teacher.copy_(student)
-
-    def train(self, mode: bool = True) -> "VJEPAModel":
-        """The target encoder always runs in eval mode: no stochastic depth in the targets
-        (the official configurations have none anyway)."""
-        super().train(mode)
-        self.target_encoder.eval()
-        return self
+        self._attach_target_encoder(device)
 
     def sample_masks(
         self, batch_size: int, device: torch.device | str | None = None
@@ -276,22 +246,6 @@ class VJEPAModel(SSLModel):
         metrics["loss"] = loss.detach()
         metrics["embedding_std"] = embedding_std(target_tokens.mean(dim=1))
         return loss, metrics
-
-    def evaluation_encoder(self) -> VisionTransformer:
-        """The target encoder: the one `encode` evaluates."""
-        return self.target_encoder
-
-    def encode(self, video: Tensor) -> Tensor:
-        """(B, D): the mean pool of the target encoder's tokens (the attentive probe of the
-        official evaluation comes with the evaluation package)."""
-        return pooled(self.target_encoder.forward_features(video), "mean")
-
-    def teacher_pairs(self):
-        yield self.target_encoder, self.encoder
-
-    def momentum(self, step: int, total_steps: int) -> float:
-        """Linear from ema_momentum[0] to ema_momentum[1] over total_steps (constant by default)."""
-        return linear_momentum(step, total_steps, *self.config.ema_momentum)
 
     def _check_video(self, video: Tensor) -> None:
         config = self.config
