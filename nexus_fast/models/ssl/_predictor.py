@@ -93,7 +93,9 @@ class JEPATeacherModel(SSLModel):
     predictor: nn.Module
     target_encoder: VisionTransformer
 
-    def _attach_target_encoder(self, device) -> None:
+    def _attach_target_encoder(self, device: torch.device | str | None) -> None:
+        """Initialise `self.encoder` officially (unless on the meta device; `init_weights`
+        does it later) and attach its frozen copy as the target encoder."""
         if device is None or torch.device(device).type != "meta":
             # The official initialisation (truncated normal, residual projections rescaled by
             # depth), not the ViT's MAE-style default.
@@ -133,7 +135,8 @@ class JEPATeacherModel(SSLModel):
         yield self.target_encoder, self.encoder
 
     def momentum(self, step: int, total_steps: int) -> float:
-        """Linear from ema_momentum[0] to ema_momentum[1] over total_steps optimizer steps."""
+        """Linear from ema_momentum[0] to ema_momentum[1] over total_steps optimizer steps
+        (constant for V-JEPA 2's official default, where the two are equal)."""
         return linear_momentum(step, total_steps, *self.config.ema_momentum)
 
 
