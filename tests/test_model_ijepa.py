@@ -6,8 +6,8 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from model_checks import assert_reference_backends_agree
 
-import nexus_fast as nf
 from nexus_fast.masking import VarlenIndices, multiblock_mask
 from nexus_fast.models.ssl.ijepa import JEPAConfig, JEPAModel
 
@@ -173,19 +173,7 @@ def test_reference_backends_give_the_same_loss_and_gradients(
     model = _model()
     _perturb_teacher(model)
     images, masks = _images(), _masks(model)
-
-    def loss_and_grads():
-        model.zero_grad()
-        loss, _ = model(images, masks)
-        loss.backward()
-        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
-
-    fused_loss, fused_grads = loss_and_grads()
-    monkeypatch.setenv(nf.ops.BACKEND_ENV, "reference")
-    reference_loss, reference_grads = loss_and_grads()
-    torch.testing.assert_close(reference_loss, fused_loss, atol=1e-6, rtol=1e-5)
-    for reference, fused in zip(reference_grads, fused_grads):
-        torch.testing.assert_close(reference, fused, atol=1e-6, rtol=1e-4)
+    assert_reference_backends_agree(monkeypatch, model, images, masks)
 
 
 def _apply_masks(tokens: torch.Tensor, masks: list[torch.Tensor]) -> torch.Tensor:
