@@ -198,6 +198,12 @@ ROWS: dict[str, tuple[str, dict]] = {
         "dinov2",
         {"model.dino_prototypes": 64, "steps": 3600, "eval_every": 400},
     ),
+    # 2026-12-07, sixth session: data2vec 2.0's 2000-step row was flat from step 1600 (84.9%
+    # at 1600 and at 2000), the end-of-schedule pattern the 2400-step DINOv2 runs showed before
+    # a 1.5x longer schedule took DINOv2 past the pixels; the recipe over a 3x longer schedule.
+    # Result: 80.1, 83.55, 86.85, 88.05, 88.65, 88.95, 89.15, 89.35, 89.95, 90.1% every 600
+    # steps; linear 91.80%; 48.8 min alone: level with the pixels on kNN (+0.15), past on linear.
+    "data2vec2-6000": ("data2vec2", {"steps": 6000, "eval_every": 600}),
     # The recipe (256 prototypes) over the same 3600 steps: is it the length or the prototypes?
     # Result: 81.3, 85.55, 87.95, 89.75, 90.45, 91.1% every 400 steps, stopped at 2422 (SIGTERM,
     # to leave the session time): 90.95% kNN, linear 91.65%. The length, not the prototypes.
