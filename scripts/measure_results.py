@@ -204,6 +204,9 @@ ROWS: dict[str, tuple[str, dict]] = {
     # Result: 80.1, 83.55, 86.85, 88.05, 88.65, 88.95, 89.15, 89.35, 89.95, 90.1% every 600
     # steps; linear 91.80%; 48.8 min alone: level with the pixels on kNN (+0.15), past on linear.
     "data2vec2-6000": ("data2vec2", {"steps": 6000, "eval_every": 600}),
+    # I-JEPA's 1000-step row ended still rising (67.8% @800, 68.45% @1000); the recipe over a 3x
+    # longer schedule, to see whether the middle of a long schedule beats the short one's end.
+    "ijepa-3000": ("ijepa", {"steps": 3000, "eval_every": 400}),
     # The recipe (256 prototypes) over the same 3600 steps: is it the length or the prototypes?
     # Result: 81.3, 85.55, 87.95, 89.75, 90.45, 91.1% every 400 steps, stopped at 2422 (SIGTERM,
     # to leave the session time): 90.95% kNN, linear 91.65%. The length, not the prototypes.
