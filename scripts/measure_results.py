@@ -206,6 +206,8 @@ ROWS: dict[str, tuple[str, dict]] = {
     "data2vec2-6000": ("data2vec2", {"steps": 6000, "eval_every": 600}),
     # I-JEPA's 1000-step row ended still rising (67.8% @800, 68.45% @1000); the recipe over a 3x
     # longer schedule, to see whether the middle of a long schedule beats the short one's end.
+    # Result: 62.1, 71.3, 75.7, 78.55, 79.1, 79.7% every 400 steps (ijepa-1000: 61.4, 67.8,
+    # 68.45 at its end); stopped at step ~2580 when the session ran out, not scored.
     "ijepa-3000": ("ijepa", {"steps": 3000, "eval_every": 400}),
     # The recipe (256 prototypes) over the same 3600 steps: is it the length or the prototypes?
     # Result: 81.3, 85.55, 87.95, 89.75, 90.45, 91.1% every 400 steps, stopped at 2422 (SIGTERM,
