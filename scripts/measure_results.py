@@ -210,6 +210,14 @@ ROWS: dict[str, tuple[str, dict]] = {
     # 68.45 at its end); stopped at step 2592 (SIGTERM) when the session ran out, then scored:
     # 79.60% kNN, linear 82.20%; 68.5 min (CI shared the CPU for 14 of them).
     "ijepa-3000": ("ijepa", {"steps": 3000, "eval_every": 400}),
+    # 2026-12-07, seventh session: ijepa-3000 was still gaining at lr 5e-4 with its lr already
+    # a tenth of the peak (step 2400), and after 300 steps its predictor had not learned even the
+    # position prior (underfitting); lr 2e-3 collapsed after a 30-step warmup. Twice the lr, a
+    # longer warmup (200 steps, the official I-JEPA warms up over 13% of its epochs), 4000 steps.
+    "ijepa-4000-lr1e-3": (
+        "ijepa",
+        {"steps": 4000, "lr": 1e-3, "warmup_steps": 200, "eval_every": 400},
+    ),
     # The recipe (256 prototypes) over the same 3600 steps: is it the length or the prototypes?
     # Result: 81.3, 85.55, 87.95, 89.75, 90.45, 91.1% every 400 steps, stopped at 2422 (SIGTERM,
     # to leave the session time): 90.95% kNN, linear 91.65%. The length, not the prototypes.
