@@ -4,6 +4,7 @@ pre-trained and at random initialisation, and prints one JSON line.
 
     .venv/bin/python scripts/measure_results.py ROW [ROW ...]      # names: see ROWS
     .venv/bin/python scripts/measure_results.py --score-only ROW   # re-score a finished run
+    .venv/bin/python scripts/measure_results.py --resume ROW       # finish a stopped run, score
 
 Runs go to runs/results/<row>/ (a finished run is re-scored, not retrained). On 2 CPU cores a
 row takes 3 to 70 minutes (the long schedules: 45-70); run them one at a time.
@@ -241,13 +242,33 @@ def random_init_scores(method: str, settings: dict, split, device: torch.device)
     return score(model.to(device), split, device, linear=True)
 
 
-def measure(row: str, score_only: bool) -> dict:
+def _stopped_run(out: Path) -> dict | None:
+    """The results of a run stopped by SIGTERM/SIGINT before its last step, else None."""
+    path = out / "results.json"
+    if not path.is_file():
+        return None
+    results = json.loads(path.read_text())
+    return results if results.get("interrupted") else None
+
+
+def measure(row: str, score_only: bool, resume: bool = False) -> dict:
     method, settings = ROWS[row]
     out = Path("runs/results") / row
     device = torch.device("cpu")
     started = time.perf_counter()
-    if not score_only and not (out / "results.json").is_file():
-        pretrain(method, overrides=settings, out_dir=out, progress=False, linear=False)
+    minutes_before = 0.0
+    if resume:
+        stopped = _stopped_run(out)
+        if stopped is None:
+            raise SystemExit(
+                f"--resume {row}: {out} holds no stopped run (results.json with "
+                '"interrupted": true) to continue'
+            )
+        minutes_before = stopped["minutes"]
+    if not score_only and (resume or not (out / "results.json").is_file()):
+        pretrain(
+            method, overrides=settings, out_dir=out, progress=False, linear=False, resume=resume
+        )
     finished = json.loads((out / "results.json").read_text())
     model, run = load_trained_model(out)
     split = load_dataset(
@@ -262,7 +283,8 @@ def measure(row: str, score_only: bool) -> dict:
         "row": row,
         "method": method,
         "steps": finished["steps"],
-        "train_minutes": round(finished["minutes"], 2),
+        # a resumed run: the minutes before the stop and after it
+        "train_minutes": round(minutes_before + finished["minutes"], 2),
         "knn": [round(random_init["knn"], 4), round(pretrained["knn"], 4)],
         "linear": [round(random_init["linear"], 4), round(pretrained["linear"], 4)],
         "scoring_minutes": round((time.perf_counter() - started) / 60, 2),
@@ -273,9 +295,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rows", nargs="+", choices=sorted(ROWS))
     parser.add_argument("--score-only", action="store_true")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue a stopped run to its last step, then score"
+    )
     args = parser.parse_args(argv)
+    if args.score_only and args.resume:
+        parser.error("--score-only and --resume exclude each other")
     for row in args.rows:
-        print(json.dumps(measure(row, args.score_only)), flush=True)
+        print(json.dumps(measure(row, args.score_only, args.resume)), flush=True)
     return 0
 
 
