@@ -215,6 +215,8 @@ ROWS: dict[str, tuple[str, dict]] = {
     # a tenth of the peak (step 2400), and after 300 steps its predictor had not learned even the
     # position prior (underfitting); lr 2e-3 collapsed after a 30-step warmup. Twice the lr, a
     # longer warmup (200 steps, the official I-JEPA warms up over 13% of its epochs), 4000 steps.
+    # Result: 63.95, 73.85, 77.75, 79.2, 79.95, 81.25, 82.6, 83.05, 83.6, 83.4% every 400 steps
+    # (ahead of ijepa-3000 at every shared step); linear 85.70%; 101.1 min alone; no collapse.
     "ijepa-4000-lr1e-3": (
         "ijepa",
         {"steps": 4000, "lr": 1e-3, "warmup_steps": 200, "eval_every": 400},
