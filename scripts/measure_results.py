@@ -209,7 +209,8 @@ ROWS: dict[str, tuple[str, dict]] = {
     # longer schedule, to see whether the middle of a long schedule beats the short one's end.
     # Result: 62.1, 71.3, 75.7, 78.55, 79.1, 79.7% every 400 steps (ijepa-1000: 61.4, 67.8,
     # 68.45 at its end); stopped at step 2592 (SIGTERM) when the session ran out, then scored:
-    # 79.60% kNN, linear 82.20%; 68.5 min (CI shared the CPU for 14 of them).
+    # 79.60% kNN, linear 82.20%; 68.5 min (CI shared the CPU for 14 of them). Resumed to its end
+    # on 2026-12-08 (--resume, 10.85 min): 80.0% @2800, 79.85% at 3000, linear 82.30%.
     "ijepa-3000": ("ijepa", {"steps": 3000, "eval_every": 400}),
     # 2026-12-07, seventh session: ijepa-3000 was still gaining at lr 5e-4 with its lr already
     # a tenth of the peak (step 2400), and after 300 steps its predictor had not learned even the
