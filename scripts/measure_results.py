@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from nexus_fast.train.evaluate import load_trained_model
-from nexus_fast.train.pretrain import build_run, load_dataset, pretrain, score
+from nexus_fast.train.pretrain import build_run, load_dataset, pretrain, score, stopped_results
 
 # crop (scale 0.3-1) and flip only; patch 7 (16 tokens); mean-pooled features
 PLAIN = {
@@ -245,29 +245,16 @@ def random_init_scores(method: str, settings: dict, split, device: torch.device)
     return score(model.to(device), split, device, linear=True)
 
 
-def _stopped_run(out: Path) -> dict | None:
-    """The results of a run stopped by SIGTERM/SIGINT before its last step, else None."""
-    path = out / "results.json"
-    if not path.is_file():
-        return None
-    results = json.loads(path.read_text())
-    return results if results.get("interrupted") else None
-
-
 def measure(row: str, score_only: bool, resume: bool = False) -> dict:
     method, settings = ROWS[row]
     out = Path("runs/results") / row
     device = torch.device("cpu")
     started = time.perf_counter()
-    minutes_before = 0.0
-    if resume:
-        stopped = _stopped_run(out)
-        if stopped is None:
-            raise SystemExit(
-                f"--resume {row}: {out} holds no stopped run (results.json with "
-                '"interrupted": true) to continue'
-            )
-        minutes_before = stopped["minutes"]
+    if resume and not stopped_results(out):
+        raise SystemExit(
+            f"--resume {row}: {out} holds no stopped run (results.json with "
+            '"interrupted": true) to continue'
+        )
     if not score_only and (resume or not (out / "results.json").is_file()):
         pretrain(
             method, overrides=settings, out_dir=out, progress=False, linear=False, resume=resume
@@ -286,8 +273,7 @@ def measure(row: str, score_only: bool, resume: bool = False) -> dict:
         "row": row,
         "method": method,
         "steps": finished["steps"],
-        # a resumed run: the minutes before the stop and after it
-        "train_minutes": round(minutes_before + finished["minutes"], 2),
+        "train_minutes": round(finished["minutes"], 2),  # a resumed run's: both parts
         "knn": [round(random_init["knn"], 4), round(pretrained["knn"], 4)],
         "linear": [round(random_init["linear"], 4), round(pretrained["linear"], 4)],
         "scoring_minutes": round((time.perf_counter() - started) / 60, 2),

@@ -151,6 +151,23 @@ def test_pretrain_on_a_folder_then_eval_knn(tmp_path, capsys):
     assert "for `eval finetune` only" in capsys.readouterr().err
 
 
+def test_a_resumed_run_keeps_the_stopped_parts_minutes_and_random_init(tmp_path, capsys):
+    _image_folder(tmp_path / "data")
+    run = tmp_path / "run"
+    argv = ["pretrain", "--dataset", str(tmp_path / "data"), "--steps", "2", "--out", str(run)]
+    argv += [*TINY, "--no-linear", "--device", "cpu"]
+    assert main(argv) == 0
+    # As a SIGTERM leaves it: results.json of the stopped part, with its minutes.
+    stopped = json.loads((run / "results.json").read_text())
+    stopped.update(interrupted=True, minutes=5.0)
+    (run / "results.json").write_text(json.dumps(stopped))
+    assert main([*argv, "--resume"]) == 0
+    resumed = json.loads((run / "results.json").read_text())
+    assert 5.0 <= resumed["minutes"] < 6.0
+    assert resumed["random_init"] == stopped["random_init"] is not None
+    assert not resumed["interrupted"]
+
+
 def test_epochs_count_passes_over_the_folder(tmp_path, capsys):
     # 24 images, 80% for training: 19; one epoch at batch 8 is ceil(19 / 8) = 3 steps.
     _image_folder(tmp_path / "data")

@@ -179,7 +179,10 @@ def pretrain(
     when given, else for the recipe's or the overrides' steps); returns (and writes to
     results.json)
     {"method", "steps", "minutes", "random_init": scores, "pretrained": scores,
-    "raw_pixels_knn"} (scores: knn, linear, embedding_std, effective_rank)."""
+    "raw_pixels_knn"} (scores: knn, linear, embedding_std, effective_rank).
+
+    A resumed run carries over, from the results.json its stopped part wrote, the random-init
+    scores and the training minutes (a run stopped by a crash wrote none: its minutes are lost)."""
     out_dir = Path(out_dir)
     previous = latest_checkpoint(out_dir)
     if previous is not None and not resume:
@@ -215,12 +218,15 @@ def pretrain(
             "model_config": dataclasses.asdict(model.config),
         },
     )
-    random_init = score(model, split, trainer.device, linear=linear) if not resume else None
-    if random_init is not None:
+    stopped_part = stopped_results(out_dir) if resume else {}
+    if resume:
+        random_init = stopped_part.get("random_init")
+    else:
+        random_init = score(model, split, trainer.device, linear=linear)
         trainer.rank_monitor.update(0, random_init)  # the rank to keep: the fresh encoder's
     started = time.perf_counter()
     outcome = trainer.fit(resume=resume)
-    minutes = (time.perf_counter() - started) / 60
+    minutes = stopped_part.get("minutes", 0.0) + (time.perf_counter() - started) / 60
     results = {
         "method": method,
         "dataset": dataset,
@@ -242,6 +248,15 @@ def pretrain(
                 model, split.test[:8], out_dir / "reconstructions.png", device=trainer.device
             )
     return results
+
+
+def stopped_results(out_dir: str | Path) -> dict:
+    """What the stopped part of a run wrote (results.json with "interrupted": true), else {}."""
+    path = Path(out_dir) / "results.json"
+    if not path.is_file():
+        return {}
+    results = json.loads(path.read_text())
+    return results if results.get("interrupted") else {}
 
 
 def _device(device: str | None) -> torch.device:
